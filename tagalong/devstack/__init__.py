@@ -1,0 +1,1 @@
+"""Local orchestration (`make up` / `make down`): Redis, a real Milvus server and the services as processes."""

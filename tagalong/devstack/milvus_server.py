@@ -1,0 +1,148 @@
+"""A real Milvus standalone server from the PyPI `milvus` package, bound to loopback only.
+
+The wrapper renders a config whose `ip:` entries are empty (Milvus then registers at the machine's
+non-loopback address); we set every one to 127.0.0.1 so that all its traffic stays on loopback. We
+launch the `milvus run standalone` binary ourselves in its own session with a pidfile, because the
+wrapper's child outlives it and its __del__ would kill it at the wrong time. Stopping sends SIGTERM,
+waits, then SIGKILL (SIGTERM once took over 45 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+_IP_LINE = re.compile(r"^(\s*)ip:\s*(#.*)?$")
+
+
+@dataclass
+class MilvusHandle:
+    """A running (or stopped) Milvus server."""
+
+    data_dir: Path
+    port: int
+    health_port: int
+    pid: int
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "milvus-stderr.log"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def loopback_config(text: str) -> str:
+    """Every `ip:` entry of a rendered milvus.yaml set to 127.0.0.1."""
+    return "\n".join(_IP_LINE.sub(r"\g<1>ip: 127.0.0.1", line) for line in text.splitlines()) + "\n"
+
+
+def _prepare(data_dir: Path, port: int) -> Path:
+    """Render the config (loopback only) and unpack the binaries; returns the milvus executable."""
+    import milvus  # the PyPI server package; imported late so serving code never needs it
+
+    config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port)
+    config.resolve()
+    milvus._initialize_data_files(config.base_data_dir)
+    cfg_file = data_dir / "configs" / "milvus.yaml"
+    cfg_file.write_text(loopback_config(cfg_file.read_text()))
+    return data_dir / "bin" / "milvus"
+
+
+def start(data_dir: Path, port: int = 0, timeout: float = 180.0) -> MilvusHandle:
+    """Start the server and wait until /healthz says OK. Raises RuntimeError naming the log on failure."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    exe = _prepare(data_dir, port)
+    health_port = free_port()
+    env = dict(os.environ)
+    env.update(
+        DEPLOY_MODE="STANDALONE",
+        METRICS_PORT=str(health_port),
+        MILVUS_RUN_DIR=str(data_dir / "run"),
+        LD_LIBRARY_PATH=f"{exe.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+    )
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / "milvus-stdout.log", "ab") as out, open(logs / "milvus-stderr.log", "ab") as err:
+        proc = subprocess.Popen(
+            [str(exe), "run", "standalone"], cwd=data_dir, env=env, stdout=out, stderr=err,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    handle = MilvusHandle(data_dir=data_dir, port=port, health_port=health_port, pid=proc.pid)
+    (data_dir / "milvus.pid").write_text(f"{proc.pid} {port} {health_port}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"milvus exited with status {proc.returncode}; see {handle.log_file}")
+        if is_healthy(health_port):
+            return handle
+        time.sleep(0.5)
+    stop(handle)
+    raise RuntimeError(f"milvus not healthy after {timeout:.0f}s; see {handle.log_file}")
+
+
+def is_healthy(health_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as resp:
+            return b"OK" in resp.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone once reaped.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def stop(handle: MilvusHandle, term_wait: float = 20.0) -> None:
+    """SIGTERM the server's process group, wait, then SIGKILL whatever is left."""
+    stop_pid(handle.pid, term_wait)
+    with contextlib.suppress(FileNotFoundError):
+        (handle.data_dir / "milvus.pid").unlink()
+
+
+def stop_pid(pid: int, term_wait: float = 20.0) -> None:
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10.0)):
+        if not _alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+
+
+def read_pidfile(data_dir: Path) -> MilvusHandle | None:
+    try:
+        pid, port, health = (int(x) for x in (data_dir / "milvus.pid").read_text().split())
+    except (FileNotFoundError, ValueError):
+        return None
+    return MilvusHandle(data_dir=data_dir.resolve(), port=port, health_port=health, pid=pid)

@@ -1,0 +1,1 @@
+"""Shared service runtime: settings, server bootstrap, health, metrics, logging, auth, channels."""
