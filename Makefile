@@ -31,7 +31,7 @@ $(BUF): tools/package.json
 	cd tools && npm install --no-audit --no-fund --silent
 	touch $@
 
-setup: $(STAMP) $(GEN_DIR)/__init__.py ## create .venv, install pinned dependencies, generate code
+setup: $(STAMP) $(GEN_DIR)/__init__.py $(BUF) ## create .venv, install pinned dependencies, generate code
 
 $(GEN_DIR)/__init__.py: $(PROTOS) $(STAMP) scripts/gen_protos.py
 	$(PY) scripts/gen_protos.py

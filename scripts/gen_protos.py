@@ -22,6 +22,7 @@ PACKAGE = Path("tagalong") / "v1"
 
 def generate(out_root: Path) -> Path:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
+    out_root.mkdir(parents=True, exist_ok=True)
     bindir = Path(sys.executable).parent
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
@@ -33,10 +34,19 @@ def generate(out_root: Path) -> Path:
         f"--mypy_grpc_out={out_root}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    subprocess.run(cmd, check=True, cwd=PROTO_ROOT, stdout=subprocess.DEVNULL)
     out = out_root / PACKAGE
     (out / "__init__.py").write_text('"""Generated from protos/tagalong/v1 by scripts/gen_protos.py; do not edit."""\n')
     return out
+
+
+def stale_files(fresh: Path, target: Path) -> list[str]:
+    """Files that differ between a fresh generation and the tree (missing, extra or changed)."""
+    if not target.exists():
+        return ["<missing tree>"]
+    cmp = filecmp.dircmp(fresh, target, ignore=["__pycache__"])
+    changed = [name for name in cmp.common_files if not filecmp.cmp(fresh / name, target / name, shallow=False)]
+    return sorted(cmp.left_only + cmp.right_only + changed)
 
 
 def main() -> int:
@@ -47,10 +57,9 @@ def main() -> int:
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             fresh = generate(Path(tmp))
-            cmp = filecmp.dircmp(fresh, target, ignore=["__pycache__"])
-            stale = cmp.left_only + cmp.right_only + cmp.diff_files
+            stale = stale_files(fresh, target)
             if stale:
-                print(f"generated code in {PACKAGE} is stale ({', '.join(sorted(stale))}): run `make protos`",
+                print(f"generated code in {PACKAGE} is stale ({', '.join(stale)}): run `make protos`",
                       file=sys.stderr)
                 return 1
         print(f"{PACKAGE} matches protos/")

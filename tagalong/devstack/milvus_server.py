@@ -53,6 +53,17 @@ def loopback_config(text: str) -> str:
     return "\n".join(_IP_LINE.sub(r"\g<1>ip: 127.0.0.1", line) for line in text.splitlines()) + "\n"
 
 
+def embedded_etcd_config(client_port: int, peer_port: int) -> str:
+    """Embedded etcd on loopback with its own ports: its peer port is otherwise fixed at 2380, so a
+    second server on the machine (make up beside make test) would fail to start."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return (
+        f"name: default\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
+        f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+        f"initial-cluster: default={peer}\n"
+    )
+
+
 def _prepare(data_dir: Path, port: int) -> Path:
     """Render the config (loopback only) and unpack the binaries; returns the milvus executable."""
     import milvus  # the PyPI server package; imported late so serving code never needs it
@@ -60,8 +71,13 @@ def _prepare(data_dir: Path, port: int) -> Path:
     config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port)
     config.resolve()
     milvus._initialize_data_files(config.base_data_dir)
+    etcd_port = int(config.get("etcd_port"))
+    etcd_file = data_dir / "configs" / "embedEtcd.yaml"
+    etcd_file.write_text(embedded_etcd_config(etcd_port, free_port()))
     cfg_file = data_dir / "configs" / "milvus.yaml"
-    cfg_file.write_text(loopback_config(cfg_file.read_text()))
+    text = loopback_config(cfg_file.read_text())
+    text = text.replace("  use:\n    embed: true", f"  config:\n    path: {etcd_file}\n  use:\n    embed: true", 1)
+    cfg_file.write_text(text)
     return data_dir / "bin" / "milvus"
 
 

@@ -128,7 +128,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                     return await behavior(request, context)
                 except aio.AbortError:
                     raise
-                except BaseException as e:  # noqa: BLE001 - mapped to a status, re-raised via abort
+                except BaseException as e:
                     exc = e
                     if isinstance(e, asyncio.CancelledError):
                         raise
@@ -147,7 +147,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                         yield item
                 except aio.AbortError:
                     raise
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     exc = e
                     if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
                         raise

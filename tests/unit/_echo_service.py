@@ -10,6 +10,8 @@ import asyncio
 import sys
 from collections import Counter
 
+from pydantic_settings import SettingsConfigDict
+
 from tagalong.runtime.errors import InvalidArgument, Unavailable
 from tagalong.runtime.server import serve
 from tagalong.runtime.settings import ServiceSettings
@@ -17,7 +19,7 @@ from tagalong.v1 import embedder_pb2, embedder_pb2_grpc
 
 
 class EchoSettings(ServiceSettings):
-    model_config = {**ServiceSettings.model_config, "env_prefix": "TAGALONG_ECHO_"}
+    model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "TAGALONG_ECHO_"})
 
 
 class EchoService(embedder_pb2_grpc.EmbedderServicer):
@@ -39,7 +41,7 @@ class EchoService(embedder_pb2_grpc.EmbedderServicer):
     async def stop(self) -> None:
         self.stopped = True
 
-    async def EmbedImages(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def EmbedImages(self, request, context):  # type: ignore[no-untyped-def]
         first = request.images[0] if request.images else b""
         self.calls[first.decode(errors="replace")] += 1
         if first.startswith(b"sleep:"):

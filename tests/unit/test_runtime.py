@@ -106,13 +106,12 @@ async def test_oversized_message_is_resource_exhausted() -> None:
     ],
 )
 async def test_errors_map_to_status_codes(payload: bytes, code: grpc.StatusCode, text: str) -> None:
-    async with run_server(EchoService(), _settings()) as running:
-        async with aio.insecure_channel(running.address) as ch:
-            stub = embedder_pb2_grpc.EmbedderStub(ch)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[payload]), timeout=5)
-            assert info.value.code() == code
-            assert text in (info.value.details() or "")
+    async with run_server(EchoService(), _settings()) as running, aio.insecure_channel(running.address) as ch:
+        stub = embedder_pb2_grpc.EmbedderStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[payload]), timeout=5)
+        assert info.value.code() == code
+        assert text in (info.value.details() or "")
 
 
 async def test_request_id_travels_through_the_client_channel() -> None:
@@ -161,16 +160,15 @@ async def test_client_channel_applies_a_default_deadline() -> None:
 
 
 async def test_reflection_lists_the_services() -> None:
-    async with run_server(EchoService(), _settings()) as running:
-        async with aio.insecure_channel(running.address) as ch:
-            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    async with run_server(EchoService(), _settings()) as running, aio.insecure_channel(running.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
 
-            async def requests():  # type: ignore[no-untyped-def]
-                yield reflection_pb2.ServerReflectionRequest(list_services="")
+        async def requests():  # type: ignore[no-untyped-def]
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-            names: list[str] = []
-            async for reply in stub.ServerReflectionInfo(requests()):
-                names = [s.name for s in reply.list_services_response.service]
+        names: list[str] = []
+        async for reply in stub.ServerReflectionInfo(requests()):
+            names = [s.name for s in reply.list_services_response.service]
     assert "tagalong.v1.Embedder" in names
     assert "grpc.health.v1.Health" in names
 
