@@ -96,6 +96,7 @@ def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | N
 
 async def start_server(service: Any, settings: ServiceSettings) -> RunningServer:
     """Build, bind and start the server, then start the service; health says SERVING only after that."""
+    settings.check_auth()
     interceptors: list[aio.ServerInterceptor] = []
     if settings.auth_token is not None:
         interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value(), service.name))

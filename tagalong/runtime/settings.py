@@ -58,6 +58,10 @@ class ServiceSettings(TLSSettings):
         None, validation_alias=_shared("TAGALONG_AUTH_TOKEN"),
         description="When set, every call but health checks must send 'authorization: Bearer <token>'.",
     )
+    allow_unauthenticated: bool = Field(
+        False, validation_alias=_shared("TAGALONG_ALLOW_UNAUTHENTICATED"),
+        description="Serve without a token on a non-loopback address (never in production).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_shared("TAGALONG_LOG_LEVEL")
     )
@@ -76,6 +80,19 @@ class ServiceSettings(TLSSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    def check_auth(self) -> None:
+        """Token auth is on by default outside the local machine: refuse to serve a network without one."""
+        if self.auth_token is None and not self.is_loopback and not self.allow_unauthenticated:
+            raise SettingError(
+                "TAGALONG_AUTH_TOKEN",
+                f"required when listening on {self.host} (not loopback); set it, or "
+                "TAGALONG_ALLOW_UNAUTHENTICATED=1 behind a mesh that authenticates callers",
+            )
 
 
 class ClientSettings(TLSSettings):

@@ -236,3 +236,25 @@ def test_sigterm_lets_in_flight_calls_finish_within_grace() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "allow", "refused"),
+    [
+        pytest.param("127.0.0.1", None, False, False, id="loopback-no-token"),
+        pytest.param("0.0.0.0", None, False, True, id="network-no-token"),
+        pytest.param("0.0.0.0", "tok-1", False, False, id="network-with-token"),
+        pytest.param("0.0.0.0", None, True, False, id="network-explicitly-open"),
+    ],
+)
+async def test_auth_is_required_off_loopback(host: str, token: str | None, allow: bool, refused: bool) -> None:
+    from tagalong.runtime.settings import SettingError
+
+    settings = _settings(host=host, auth_token=token, allow_unauthenticated=allow)
+    if refused:
+        with pytest.raises(SettingError, match="TAGALONG_AUTH_TOKEN"):
+            async with run_server(EchoService(), settings):
+                pass
+    else:
+        async with run_server(EchoService(), settings) as running:
+            assert running.port > 0
