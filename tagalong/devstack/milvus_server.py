@@ -10,6 +10,7 @@ waits, then SIGKILL (SIGTERM once took over 45 s).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -64,16 +65,33 @@ def embedded_etcd_config(client_port: int, peer_port: int) -> str:
     )
 
 
+def _etcd_ports(data_dir: Path) -> tuple[int, int]:
+    """The embedded etcd's client and peer ports: chosen once per data dir and reused on every restart
+    (etcd records its member's peer URL; a restart must not move it). Free ports, not the wrapper's
+    first-free-from-2379 scan, which two servers starting at once could both pick."""
+    record = data_dir / "configs" / "etcd-ports.json"
+    try:
+        ports = json.loads(record.read_text())
+        return int(ports["client"]), int(ports["peer"])
+    except (FileNotFoundError, ValueError, KeyError):
+        client, peer = free_port(), free_port()
+        while peer == client:
+            peer = free_port()
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"client": client, "peer": peer}))
+        return client, peer
+
+
 def _prepare(data_dir: Path, port: int) -> Path:
     """Render the config (loopback only) and unpack the binaries; returns the milvus executable."""
     import milvus  # the PyPI server package; imported late so serving code never needs it
 
-    config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port)
+    etcd_client, etcd_peer = _etcd_ports(data_dir)
+    config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port, etcd_port=etcd_client)
     config.resolve()
     milvus._initialize_data_files(config.base_data_dir)
-    etcd_port = int(config.get("etcd_port"))
     etcd_file = data_dir / "configs" / "embedEtcd.yaml"
-    etcd_file.write_text(embedded_etcd_config(etcd_port, free_port()))
+    etcd_file.write_text(embedded_etcd_config(etcd_client, etcd_peer))
     cfg_file = data_dir / "configs" / "milvus.yaml"
     text = loopback_config(cfg_file.read_text())
     text = text.replace("  use:\n    embed: true", f"  config:\n    path: {etcd_file}\n  use:\n    embed: true", 1)
