@@ -1,0 +1,1 @@
+"""Embedder service: images and texts to L2-normalised vectors with ONNX Runtime and a dynamic batcher."""
