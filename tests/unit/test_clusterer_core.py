@@ -1,0 +1,215 @@
+"""The clusterer's pure round (no network): accuracy on separable data, provenance, review batch, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.clusterer.core import (
+    SOURCE_HUMAN,
+    SOURCE_NONE,
+    SOURCE_PROPAGATED,
+    RoundParams,
+    encode_labels,
+    run_round_core,
+)
+from tagalong.runtime.errors import InvalidArgument
+from tests.fixtures.clusterer import Blobs, make_blobs
+
+
+def _truth_index(blobs: Blobs, names: list[str]) -> np.ndarray:
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[blobs.class_names[c]] for c in blobs.y])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param(RoundParams(seed=1), id="full-ensemble"),
+        pytest.param(RoundParams(seed=1, label_spreading=False), id="no-spreading"),
+        pytest.param(RoundParams(seed=1, self_training=False), id="no-self-training"),
+        pytest.param(RoundParams(seed=1, k=6, pca_components=8), id="fixed-k-and-pca"),
+    ],
+)
+def test_round_labels_separable_blobs_correctly(blobs: Blobs, params: RoundParams) -> None:
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, params)
+    truth = _truth_index(blobs, out.class_names)
+    machine = ~blobs.is_human
+    committed = out.source == SOURCE_PROPAGATED
+    assert (out.predicted[machine] == truth[machine]).mean() >= 0.95
+    assert committed.sum() >= 0.5 * machine.sum()
+    assert (out.label[committed] == truth[committed]).mean() >= 0.97
+    assert (out.confidence[committed] >= params.confidence_threshold).all()
+    # Human rows keep their label and source; uncommitted rows carry no label.
+    assert (out.source[blobs.is_human] == SOURCE_HUMAN).all()
+    assert (out.label[blobs.is_human] == truth[blobs.is_human]).all()
+    assert (out.label[out.source == SOURCE_NONE] == -1).all()
+    assert out.iterations[0].iteration == 0 and out.iterations[0].labeled == int(
+        out.iterations[0].labeled
+    )
+    assert sum(out.class_counts().values()) == int((out.label >= 0).sum())
+
+
+def test_round_metrics_and_clusters_are_consistent(blobs: Blobs) -> None:
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, max_iterations=4))
+    assert 1 <= len(out.iterations) <= 5
+    assert [s.iteration for s in out.iterations] == list(range(len(out.iterations)))
+    assert out.iterations[-1].labeled == int((out.source == SOURCE_PROPAGATED).sum())
+    assert sum(c.size for c in out.clusters) == blobs.x.shape[0]
+    assert sum(c.human_labeled for c in out.clusters) == int(blobs.is_human.sum())
+    for c in out.clusters:
+        assert 0.0 <= c.purity <= 1.0
+        assert (c.majority_label == "") == (c.human_labeled == 0)
+    assert out.kmeans.k >= 2 and out.kmeans.silhouette_by_k
+    assert 0 < out.pca.explained_variance <= 1.0
+
+
+def test_round_is_reproducible_with_a_seed(blobs: Blobs) -> None:
+    a = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=7))
+    b = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=7))
+    assert np.array_equal(a.label, b.label)
+    assert np.allclose(a.confidence, b.confidence)
+    assert [p.index for p in a.review] == [p.index for p in b.review]
+
+
+def test_higher_threshold_commits_fewer(blobs_factory) -> None:  # type: ignore[no-untyped-def]
+    blobs = blobs_factory(spread=0.6, seed=3)
+    low = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, confidence_threshold=0.5))
+    high = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, confidence_threshold=0.99))
+    assert (high.source == SOURCE_PROPAGATED).sum() <= (low.source == SOURCE_PROPAGATED).sum()
+
+
+def test_round_without_human_labels_asks_for_cluster_representatives(blobs: Blobs) -> None:
+    labels = np.full(blobs.x.shape[0], "", dtype=object)
+    out = run_round_core(blobs.x, labels, None, RoundParams(seed=0, review_batch_size=12))
+    assert (out.source == SOURCE_NONE).all()
+    assert len(out.review) == 12
+    picked = [p.index for p in out.review]
+    assert len(set(picked)) == 12
+    # The first picks are typical members of different clusters; together the picks cover every true class.
+    first = [p for p in out.review if "has no human label" in p.reason]
+    assert len({int(out.cluster[p.index]) for p in first}) == len(first) == out.kmeans.k
+    assert set(blobs.y[picked]) == set(range(6))
+
+
+def _reason_kinds(out) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    kinds = {"uncovered-cluster": 0, "coverage": 0, "uncertainty": 0}
+    for p in out.review:
+        if "has no human label" in p.reason:
+            kinds["uncovered-cluster"] += 1
+        elif p.reason.startswith("typical of an unlabelled region"):
+            kinds["coverage"] += 1
+        else:
+            assert "margin" in p.reason and " between " in p.reason and "cluster" in p.reason, p.reason
+            kinds["uncertainty"] += 1
+    return kinds
+
+
+@pytest.mark.parametrize(
+    ("per_class", "expect_uncertainty"),
+    [
+        pytest.param(3, False, id="low-budget-all-coverage"),
+        pytest.param(12, True, id="enough-labels-mixes-uncertainty"),
+    ],
+)
+def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, expect_uncertainty: bool) -> None:  # type: ignore[no-untyped-def]
+    blobs = blobs_factory(per_class_labels=per_class)
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=20))
+    assert len(out.review) == 20
+    idx = [p.index for p in out.review]
+    assert len(set(idx)) == 20
+    assert not blobs.is_human[idx].any()
+    kinds = _reason_kinds(out)
+    if expect_uncertainty:  # default diversity 0.5: about half coverage picks, half uncertainty picks
+        assert kinds["coverage"] >= 5 and kinds["uncertainty"] >= 5
+    else:  # below 10 labels per class: representative items only
+        assert kinds["uncertainty"] == 0
+
+
+def test_review_batch_never_fills_up_with_near_duplicates(blobs_factory) -> None:  # type: ignore[no-untyped-def]
+    # 30 near-identical copies of one point placed between two classes: the most uncertain items of all.
+    # 12 labels per class, so the uncertainty (k-center greedy) part of the batch is in play.
+    blobs = blobs_factory(per_class_labels=12)
+    rng = np.random.default_rng(0)
+    mid = blobs.centres[0] + blobs.centres[1]
+    mid /= np.linalg.norm(mid)
+    dupes = (mid[None, :] + 1e-3 * rng.normal(size=(30, blobs.x.shape[1]))).astype(np.float32)
+    x = np.vstack([blobs.x, dupes])
+    labels = np.concatenate([blobs.labels, np.full(30, "", dtype=object)])
+    out = run_round_core(x, labels, labels != "", RoundParams(seed=0, review_batch_size=20, diversity=0.5))
+    from_dupes = sum(1 for p in out.review if p.index >= blobs.x.shape[0])
+    assert 0 < from_dupes <= 2
+
+
+def test_zero_shot_prior_labels_a_class_nobody_labelled(blobs: Blobs) -> None:
+    # Remove every human label of class_5; give prompts near its centre (and the others') as a prior.
+    labels = blobs.labels.copy()
+    labels[labels == "class_5"] = ""
+    rng = np.random.default_rng(0)
+    prior = {
+        name: blobs.centres[c][None, :] + 0.05 * rng.normal(size=(3, blobs.x.shape[1])).astype(np.float32)
+        for c, name in enumerate(blobs.class_names)
+    }
+    out = run_round_core(blobs.x, labels, labels != "", RoundParams(seed=0), zero_shot_prior=prior)
+    c5 = out.class_names.index("class_5")
+    true5 = blobs.y == 5
+    assert (out.predicted[true5] == c5).mean() >= 0.9
+    assert "zero_shot" in out.method
+
+
+def test_integer_labels_with_class_names(blobs: Blobs) -> None:
+    y = np.where(blobs.is_human, blobs.y, -1)
+    out = run_round_core(blobs.x, y, blobs.is_human, RoundParams(seed=0), class_names=blobs.class_names)
+    assert out.class_names == blobs.class_names
+    assert (out.predicted == blobs.y).mean() >= 0.95
+
+
+def test_non_human_input_labels_are_ignored(blobs: Blobs) -> None:
+    wrong = blobs.labels.copy()
+    machine_rows = np.flatnonzero(~blobs.is_human)[:300]
+    wrong[machine_rows] = "class_0"  # stale machine labels from an earlier round
+    out = run_round_core(blobs.x, wrong, blobs.is_human, RoundParams(seed=0))
+    truth = _truth_index(blobs, out.class_names)
+    assert (out.predicted[machine_rows] == truth[machine_rows]).mean() >= 0.95
+
+
+def test_encode_labels() -> None:
+    y, names = encode_labels(["b", "", "a", "b"], extra_classes=["c"])
+    assert names == ["a", "b", "c"]
+    assert y.tolist() == [1, -1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("x", "labels", "params", "message"),
+    [
+        pytest.param(np.zeros((2, 4), np.float32), ["a", "b"], RoundParams(), "at least 3", id="too-few"),
+        pytest.param(np.full((5, 4), np.nan, np.float32), [""] * 5, RoundParams(), "NaN", id="nan"),
+        pytest.param(np.ones((5, 4), np.float32), [""] * 4, RoundParams(), "labels for", id="length-mismatch"),
+        pytest.param(
+            np.ones((5, 4), np.float32), [""] * 5, RoundParams(confidence_threshold=1.5), "confidence", id="threshold"
+        ),
+        pytest.param(np.ones((5, 4), np.float32), [""] * 5, RoundParams(pca_variance=0.0), "pca_variance", id="pca"),
+        pytest.param(np.ones((5, 4), np.float32), [""] * 5, RoundParams(k_min=9, k_max=3), "k_min", id="k-bounds"),
+    ],
+)
+def test_round_rejects_bad_input(x: np.ndarray, labels: list[str], params: RoundParams, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        run_round_core(x, labels, None, params)
+
+
+def test_progress_reports_every_stage(blobs: Blobs) -> None:
+    seen: list[tuple[str, float]] = []
+    params = RoundParams(seed=0)
+    run_round_core(blobs.x, blobs.labels, blobs.is_human, params, progress=lambda s, f, m: seen.append((s, f)))
+    stages = [s for s, _ in seen]
+    for stage in ("pca", "kmeans", "propagate", "refine", "uncertainty"):
+        assert stage in stages
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
+
+
+def test_many_classes_few_points_still_runs() -> None:
+    blobs = make_blobs(n=60, n_classes=12, dim=16, per_class_labels=1, seed=2)
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=5))
+    assert out.predicted.shape == (60,)
+    assert len(out.review) == 5
