@@ -12,11 +12,12 @@ import inspect
 import sys
 from pathlib import Path
 
-from pydantic_settings import BaseSettings
-
-from tagalong.runtime.settings import ClientSettings, ServiceSettings, env_name
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the services are namespace packages found from the repo root
+
+from pydantic_settings import BaseSettings  # noqa: E402
+
+from tagalong.runtime.settings import ClientSettings, ServiceSettings, env_name  # noqa: E402
 README = ROOT / "README.md"
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 MODULES = ["services.embedder.settings", "services.labelstore.settings", "services.clusterer.settings",
@@ -38,6 +39,9 @@ def render() -> str:
     seen: set[str] = set()
     for owner, cls in settings_classes():
         for field_name, field in cls.model_fields.items():
+            inherited = owner not in ("all services", "clients") and field_name in ServiceSettings.model_fields
+            if inherited and field_name != "port":
+                continue  # shown once as TAGALONG_<SERVICE>_...
             name = env_name(cls, field_name)
             if name in seen:
                 continue
@@ -46,7 +50,12 @@ def render() -> str:
                 # Per-service fields: shown as TAGALONG_<SERVICE>_X.
                 name = name.replace("TAGALONG_", "TAGALONG_<SERVICE>_", 1)
             default = field.default
-            shown = "—" if default is None else f"`{default}`"
+            if field.is_required():
+                shown = "required"
+            elif default is None:
+                shown = "—"
+            else:
+                shown = f"`{default}`"
             text = (field.description or "").replace("|", "\\|")
             rows.append(f"| `{name}` | {owner} | {shown} | {text} |")
     return "\n".join(rows)

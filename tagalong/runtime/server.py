@@ -74,9 +74,11 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        # Spread long-lived client connections over new replicas (Kubernetes scale-out).
+        # Spread long-lived client connections over new replicas (Kubernetes scale-out): after 5 minutes
+        # the server asks the client to reconnect for NEW calls; calls in flight (a long labelling round,
+        # a big upload, WatchJob) keep their connection for up to an hour instead of being cut.
         ("grpc.max_connection_age_ms", 5 * 60_000),
-        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.max_connection_age_grace_ms", 60 * 60_000),
     ]
 
 

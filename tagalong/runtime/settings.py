@@ -34,11 +34,14 @@ class TLSSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    tls_cert_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_CERT_FILE"))
-    tls_key_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_KEY_FILE"))
+    tls_cert_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_CERT_FILE"),
+                                       description="PEM certificate of this process (server, or client for mTLS).")
+    tls_key_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_KEY_FILE"),
+                                      description="PEM private key of that certificate.")
     # CA that signs peers: servers require client certificates signed by it (mutual TLS); clients
     # verify servers with it.
-    tls_ca_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_CA_FILE"))
+    tls_ca_file: Path | None = Field(None, validation_alias=_shared("TAGALONG_TLS_CA_FILE"),
+                                     description="CA bundle: servers then require client certificates (mTLS).")
 
 
 class ServiceSettings(TLSSettings):
@@ -63,9 +66,10 @@ class ServiceSettings(TLSSettings):
         description="Serve without a token on a non-loopback address (never in production).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=_shared("TAGALONG_LOG_LEVEL")
+        "INFO", validation_alias=_shared("TAGALONG_LOG_LEVEL"), description="Log level."
     )
-    log_format: Literal["json", "text"] = Field("json", validation_alias=_shared("TAGALONG_LOG_FORMAT"))
+    log_format: Literal["json", "text"] = Field("json", validation_alias=_shared("TAGALONG_LOG_FORMAT"),
+                                                description="JSON lines (with request ids) or plain text.")
 
     @field_validator("auth_token", mode="before")
     @classmethod
@@ -101,7 +105,7 @@ class ClientSettings(TLSSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_prefix="TAGALONG_CLIENT_")
 
     deadline_seconds: float = Field(30.0, gt=0, description="Deadline of a call that sets none.")
-    max_message_mb: int = Field(64, ge=1, le=1024)
+    max_message_mb: int = Field(64, ge=1, le=1024, description="Largest message a client sends or takes, MiB.")
     retry_attempts: int = Field(4, ge=1, le=5, description="Attempts for UNAVAILABLE (the only code retried).")
     auth_token: SecretStr | None = Field(None, validation_alias=_shared("TAGALONG_AUTH_TOKEN"))
 

@@ -1,0 +1,1 @@
+"""The `tagalong` command: a typer + rich front end to the Gateway (through the SDK)."""
