@@ -55,7 +55,8 @@ def render() -> str:
             elif default is None:
                 shown = "—"
             else:
-                shown = f"`{default}`"
+                # Paths under the checkout are shown relative to it, so the table is the same everywhere.
+                shown = f"`{str(default).replace(str(ROOT) + '/', '')}`"
             text = (field.description or "").replace("|", "\\|")
             rows.append(f"| `{name}` | {owner} | {shown} | {text} |")
     return "\n".join(rows)
