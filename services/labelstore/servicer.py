@@ -28,11 +28,22 @@ def _unavailable(err: MilvusException) -> bool:
     )
 
 
+def _not_loaded(err: MilvusException) -> bool:
+    """The collection is not loaded: Milvus restarted (or released it) under a running label store."""
+    return "not loaded" in str(err).lower()
+
+
 async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Milvus calls block: never on the event loop. Milvus unreachable -> UNAVAILABLE (callers retry)."""
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except MilvusException as err:
+        if _not_loaded(err):
+            # Forget what we believed loaded: the retry (UNAVAILABLE is retried by every client) reloads it.
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, LabelStore):
+                owner.forget_loaded()
+            raise Unavailable(f"Milvus is loading the collection again (restarted?); retry: {err.message}") from None
         if _unavailable(err):
             raise Unavailable(f"Milvus unavailable: {err.message}") from None
         raise

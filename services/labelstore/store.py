@@ -172,6 +172,10 @@ class LabelStore:
             collection=self._collection_name(row["name"]), created_at_ms=int(row["created_at_ms"]),
         )
 
+    def forget_loaded(self) -> None:
+        """Treat every collection as not loaded (after Milvus answered "not loaded"): the next use loads it."""
+        self._loaded.clear()
+
     def dataset(self, name: str) -> Dataset:
         """The dataset (loaded for reads); NOT_FOUND when unknown."""
         filters.dataset_name(name)
