@@ -32,8 +32,9 @@ class DecodeLimits:
 
     max_pixels: int = 40_000_000
     max_bytes: int = 32 * 1024 * 1024
-    # Long side / short side. Resizing the short side to the model's size scales the long side by the same
-    # factor: a 100 KB 1x100000 PNG would become a 5-gigapixel image before the centre crop.
+    # Long side / short side kept before resizing. Resizing the short side to the model's size scales the
+    # long side by the same factor: a 100 KB 1x100000 PNG would become a 5-gigapixel image before the
+    # centre crop. Longer images are cut to their centre first (the centre crop keeps only that anyway).
     max_aspect_ratio: float = 50.0
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -68,16 +69,28 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise InvalidArgument(
             f"image is {width}x{height} = {width * height} pixels, more than the limit of {limits.max_pixels}"
         )
-    if max(width, height) / min(width, height) > limits.max_aspect_ratio:
-        raise InvalidArgument(f"image is {width}x{height}: aspect ratio over {limits.max_aspect_ratio:g}:1 is refused")
     try:
         img.load()
         upright: Image.Image = ImageOps.exif_transpose(img) or img
-        return to_rgb(upright)
+        return to_rgb(_bounded_aspect(upright, limits.max_aspect_ratio))
     except InvalidArgument:
         raise
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise InvalidArgument(f"corrupt {img.format or 'image'} data: {err}") from None
+
+
+def _bounded_aspect(img: Image.Image, max_ratio: float) -> Image.Image:
+    """The image, or its centre cut to max_ratio:1 when it is longer (ordinary images are untouched)."""
+    width, height = img.size
+    short = min(width, height)
+    keep = max(short, int(short * max_ratio))
+    if width > keep:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return img.crop((0, top, width, top + keep))
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
