@@ -87,13 +87,16 @@ def _prepare(data_dir: Path, port: int) -> Path:
     import milvus  # the PyPI server package; imported late so serving code never needs it
 
     etcd_client, etcd_peer = _etcd_ports(data_dir)
-    config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port, etcd_port=etcd_client)
+    # The etcd port goes into the rendered config below, not through the wrapper: the wrapper test-binds
+    # every port it is given without SO_REUSEADDR, which fails for a port just released by a restart.
+    config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port)
     config.resolve()
     milvus._initialize_data_files(config.base_data_dir)
     etcd_file = data_dir / "configs" / "embedEtcd.yaml"
     etcd_file.write_text(embedded_etcd_config(etcd_client, etcd_peer))
     cfg_file = data_dir / "configs" / "milvus.yaml"
     text = loopback_config(cfg_file.read_text())
+    text = re.sub(r"^(etcd:\n  endpoints: )\S+", rf"\g<1>127.0.0.1:{etcd_client}", text, count=1, flags=re.M)
     text = text.replace("  use:\n    embed: true", f"  config:\n    path: {etcd_file}\n  use:\n    embed: true", 1)
     cfg_file.write_text(text)
     return data_dir / "bin" / "milvus"
