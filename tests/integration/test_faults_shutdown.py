@@ -10,10 +10,10 @@ import pytest
 
 from tests.fixtures.reliability import (
     ProcStack,
-    clean_redis_prefix,
     random_photos,
     seed_dataset,
     sigterm_under_load,
+    started,
     summarize_load,
 )
 
@@ -25,13 +25,8 @@ def load_stack(tmp_path: Path, clip_model_dir: Path, redis_url: str, milvus_serv
     stack = ProcStack(tmp_path, clip_model_dir, redis_url, milvus_server_uri,
                       services=("embedder", "labelstore", "gateway"),
                       extra_env={"TAGALONG_GATEWAY_GRACE_SECONDS": str(GRACE)})
-    try:
-        stack.start()
-        stack.start_workers(1)
+    with started(stack, redis_url):
         yield stack
-    finally:
-        stack.stop()
-        clean_redis_prefix(redis_url, stack.prefix)
 
 
 @pytest.mark.slow  # ~1 min on 2 cores; the 64-caller version runs in bench_reliability

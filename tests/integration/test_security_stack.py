@@ -18,11 +18,11 @@ from tests.fixtures.reliability import (
     ProcStack,
     Tally,
     call_rpc,
-    clean_redis_prefix,
     health_status,
     oversized_request,
     random_photos,
     rpc_targets,
+    started,
 )
 
 TOKEN = f"tok-{uuid.uuid4().hex}"
@@ -38,13 +38,8 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, clip_model_dir: Path,
     env["TAGALONG_GATEWAY_MAX_ITEM_MB"] = "0.5"
     stack = ProcStack(tmp_path_factory.mktemp("secure"), clip_model_dir, redis_url, milvus_server_uri,
                       token=TOKEN, log_level="DEBUG", extra_env=env)
-    try:
-        stack.start()
-        stack.start_workers(1)
+    with started(stack, redis_url):
         yield stack
-    finally:
-        stack.stop()
-        clean_redis_prefix(redis_url, stack.prefix)
 
 
 def _auth(token: str = TOKEN) -> tuple[tuple[str, str], ...]:
