@@ -230,15 +230,29 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
 
     @staticmethod
     def _assignments(data: Dataset, out: RoundOutput, round_id: str) -> list[labelstore_pb2.LabelAssignment]:
-        rows = np.flatnonzero(out.source == SOURCE_PROPAGATED)
-        return [
-            labelstore_pb2.LabelAssignment(
-                id=int(data.ids[i]), label=out.class_names[out.label[i]], source=common_pb2.LABEL_SOURCE_PROPAGATED,
-                confidence=float(out.confidence[i]), cluster_id=int(out.cluster[i]), round_id=round_id,
-                method=out.method,
-            )
-            for i in rows
-        ]
+        """What the round changes in the store, and nothing else.
+
+        A round recomputes every machine label from the human ones, so: committed rows get their label; a row
+        that carried a machine label from an earlier round (or a zero-shot pass) and is no longer committed is
+        cleared (a stale label would otherwise look current); and every machine row whose cluster moved gets
+        the new cluster id. Human rows are never touched (their label, annotator and cluster stay as they are).
+        """
+        committed = out.source == SOURCE_PROPAGATED
+        had_label = np.fromiter((bool(lbl) for lbl in data.labels), dtype=bool, count=len(data.labels))
+        machine = ~data.is_human
+        stale = machine & had_label & ~committed
+        moved = machine & (data.cluster_ids != out.cluster)
+        out_rows = []
+        for i in np.flatnonzero(committed | stale | moved):
+            if committed[i]:
+                label, confidence = out.class_names[out.label[i]], float(out.confidence[i])
+            else:
+                label, confidence = "", 0.0
+            out_rows.append(labelstore_pb2.LabelAssignment(
+                id=int(data.ids[i]), label=label, source=common_pb2.LABEL_SOURCE_PROPAGATED, confidence=confidence,
+                cluster_id=int(out.cluster[i]), round_id=round_id, method=out.method,
+            ))
+        return out_rows
 
     @staticmethod
     def _summary(

@@ -90,7 +90,27 @@ def _prepare(data_dir: Path, port: int) -> Path:
     # The etcd port goes into the rendered config below, not through the wrapper: the wrapper test-binds
     # every port it is given without SO_REUSEADDR, which fails for a port just released by a restart.
     config = milvus.MilvusServerConfig(data_dir=str(data_dir), proxy_port=port)
-    config.resolve()
+    record = data_dir / "configs" / "component-ports.json"
+    try:
+        ports = {str(k): int(v) for k, v in json.loads(record.read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError):
+        ports = {}
+    if ports:
+        # A restart on this data dir: every coordinator and node keeps its port. The wrapper's scan would move
+        # ports still in TIME_WAIT, and the new proxy would then follow the previous run's sessions (still
+        # live in etcd for their TTL) to a port another component now owns, and abort ("unknown service
+        # milvus.proto.query.QueryCoord"), as seen on a Milvus restart in the fault benchmark.
+        for key, value in ports.items():
+            if key in config.configurable_items:
+                config.configurable_items[key][1] = value
+        config.configurable_items["proxy_port"][1] = port
+        config.resolve_storage()
+        config.write_config()
+    else:
+        config.resolve()
+        ports = {k: int(v[1]) for k, v in config.configurable_items.items() if k.endswith("_port") and k != "etcd_port"}
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(ports))
     milvus._initialize_data_files(config.base_data_dir)
     etcd_file = data_dir / "configs" / "embedEtcd.yaml"
     etcd_file.write_text(embedded_etcd_config(etcd_client, etcd_peer))

@@ -133,6 +133,29 @@ async def test_round_writes_propagated_labels_and_keeps_human_ones(milvus_uri: s
         assert item.uri.startswith("mem://") and item.reason
 
 
+async def test_second_round_clears_stale_machine_labels_and_moves_clusters(stack: Stack) -> None:
+    """A round recomputes every machine label: what it no longer commits is cleared, not left looking current."""
+    _, first = await _run_round(stack, write_labels=True, seed=3)
+    after_first = await _scan(stack.store, stack.dataset)
+    machine_rows = [r for r in after_first.values() if r.label_source != common_pb2.LABEL_SOURCE_HUMAN]
+    assert first.summary.propagated > 0
+    # Every machine row carries this round's cluster, committed or not (was: committed rows only).
+    assert all(r.cluster_id >= 0 for r in machine_rows)
+    # Second round that commits (almost) nothing: a threshold of 1.0.
+    _, second = await _run_round(stack, write_labels=True, seed=4, k=3, confidence_threshold=1.0)
+    after_second = await _scan(stack.store, stack.dataset)
+    propagated = {rid for rid, r in after_second.items() if r.label_source == common_pb2.LABEL_SOURCE_PROPAGATED}
+    assert len(propagated) == second.summary.propagated < first.summary.propagated
+    cleared = [r for rid, r in after_second.items()
+               if after_first[rid].label_source == common_pb2.LABEL_SOURCE_PROPAGATED and rid not in propagated]
+    assert cleared and all(r.label == "" and r.confidence == 0.0 for r in cleared)
+    assert second.summary.labels_written >= len(cleared)
+    # k=3 this time: every machine row now points at one of the 3 new clusters.
+    assert {r.cluster_id for rid, r in after_second.items()
+            if r.label_source != common_pb2.LABEL_SOURCE_HUMAN} <= {0, 1, 2}
+    assert sum(r.label_source == common_pb2.LABEL_SOURCE_HUMAN for r in after_second.values()) == 12
+
+
 async def test_round_without_write_labels_writes_nothing(stack: Stack) -> None:
     _, result = await _run_round(stack, write_labels=False)
     assert result.summary.labels_written == 0 and result.summary.propagated > 0
