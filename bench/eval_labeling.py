@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "var" / "cache"
 MODEL_NAME = "efficientnet-lite0"
 MODEL_DIR = ROOT / "var" / "models" / MODEL_NAME
-CIFAR_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-test-jpg.tar.gz"
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-{split}-jpg.tar.gz"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # BLAS/faiss threads for every method (set by --threads); 1 avoids spin-waiting threads on a shared machine.
 THREADS = 1
@@ -42,11 +42,12 @@ class LabelledSet:
     class_names: list[str]
 
 
-def _cifar_images(per_class: int | None) -> tuple[list[bytes], list[int], list[str]]:
-    if not CIFAR_ARCHIVE.exists():
-        raise FileNotFoundError(f"missing {CIFAR_ARCHIVE}")
+def _cifar_images(per_class: int | None, split: str = "test") -> tuple[list[bytes], list[int], list[str]]:
+    archive = Path(str(CIFAR_ARCHIVE).format(split=split))
+    if not archive.exists():
+        raise FileNotFoundError(f"missing {archive}")
     by_class: dict[str, list[tuple[str, bytes]]] = {}
-    with tarfile.open(CIFAR_ARCHIVE) as tar:
+    with tarfile.open(archive) as tar:
         for member in tar:
             if not member.isfile() or not member.name.lower().endswith((".jpg", ".jpeg")):
                 continue
@@ -76,11 +77,12 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fashion_images(per_class: int | None) -> tuple[list[bytes], list[int], list[str]]:
+def _fashion_images(per_class: int | None, split: str = "test") -> tuple[list[bytes], list[int], list[str]]:
     from PIL import Image
 
-    images = _read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").astype(int)
+    prefix = "t10k" if split == "test" else "train"
+    images = _read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(int)
     keep = np.arange(labels.size)
     if per_class is not None:
         keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
@@ -92,17 +94,23 @@ def _fashion_images(per_class: int | None) -> tuple[list[bytes], list[int], list
     return out, [int(v) for v in labels[keep]], FASHION_CLASSES
 
 
-LOADERS: dict[str, Callable[[int | None], tuple[list[bytes], list[int], list[str]]]] = {
+LOADERS: dict[str, Callable[[int | None, str], tuple[list[bytes], list[int], list[str]]]] = {
     "cifar10": _cifar_images,
     "fashion-mnist": _fashion_images,
 }
 
 
-def load_embedded(name: str, per_class: int | None = None) -> LabelledSet:
-    """The dataset embedded with EfficientNet-Lite0, from var/cache/ or computed (and cached) now."""
-    suffix = "all" if per_class is None else f"{per_class}pc"
+def load_embedded(name: str, per_class: int | None = None, split: str = "test") -> LabelledSet:
+    """The dataset embedded with EfficientNet-Lite0, from var/cache/ or computed (and cached) now.
+
+    split "test" is what results are reported on; "dev" is 1,000 images per class of the training split,
+    used only to choose defaults (thresholds, weights), so that reported figures are not tuned on themselves.
+    """
+    if split == "dev":
+        per_class = per_class or 1000
+    suffix = ("all" if per_class is None else f"{per_class}pc") + ("" if split == "test" else f"_{split}")
     cache = CACHE / f"eval_{name}_{MODEL_NAME}_{suffix}.npz"
-    if per_class is not None and not cache.exists():
+    if split == "test" and per_class is not None and not cache.exists():
         full = CACHE / f"eval_{name}_{MODEL_NAME}_all.npz"
         if full.exists():  # a per-class subset of the full cache, no embedding needed
             ds = load_embedded(name)
@@ -115,7 +123,7 @@ def load_embedded(name: str, per_class: int | None = None) -> LabelledSet:
     from services.embedder.offline import embed_images
 
     started = time.perf_counter()
-    images, labels, names = LOADERS[name](per_class)
+    images, labels, names = LOADERS[name](per_class, "train" if split == "dev" else split)
     model_dir = ensure_model(MODEL_NAME, MODEL_DIR)
     x = embed_images(model_dir, images)
     print(f"embedded {len(images)} {name} images in {time.perf_counter() - started:.0f}s", file=sys.stderr)
@@ -263,7 +271,7 @@ def labels_to_match(curve: dict[str, np.ndarray]) -> tuple[float, int | None]:
     return target, (int(curve["budgets"][hit[0]]) if hit.size else None)
 
 
-def _plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+def _plots(results: dict[str, Any], out_dir: Path, suffix: str = "") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +299,7 @@ def _plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         axes[2].legend(fontsize=7)
         axes[2].set(title=f"{name}: precision vs coverage (thresholds)", xlabel="coverage", ylabel="precision")
         fig.tight_layout()
-        path = out_dir / f"eval_labeling_{name}.png"
+        path = out_dir / f"eval_labeling_{name}{suffix}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
@@ -377,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="subsets and fewer seeds (a few minutes on 2 cores)")
     parser.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
     parser.add_argument("--datasets", nargs="*", default=list(LOADERS), choices=list(LOADERS))
+    parser.add_argument("--split", default="test", choices=["test", "dev"],
+                        help="dev: 1,000/class of the training split, for tuning defaults (results: eval_labeling_dev.md)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, quick: 2)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/faiss threads for every method (0: all)")
     args = parser.parse_args(argv)
@@ -387,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for name in args.datasets:
-        ds = load_embedded(name, per_class)
+        ds = load_embedded(name, per_class, args.split)
         print(f"{name}: {ds.x.shape[0]} x {ds.x.shape[1]}", file=sys.stderr, flush=True)
         if args.embed_only:
             continue
@@ -400,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import RESULTS, write
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plots = _plots(results, RESULTS)
-    write("eval_labeling", _report(results, args, plots, time.perf_counter() - started))
+    plots = _plots(results, RESULTS, "" if args.split == "test" else f"_{args.split}")
+    write("eval_labeling" + ("" if args.split == "test" else f"_{args.split}"), _report(results, args, plots, time.perf_counter() - started))
     return 0
 
 

@@ -44,6 +44,7 @@ class RoundParams:
 
     pca_variance: float = 0.95
     pca_components: int = 0
+    whiten: float = 0.0  # PCA whitening strength: component j scaled by variance_j ** (-whiten / 2)
     max_pca_components: int = 256
     k: int = 0
     k_min: int = 0  # 0: max(2, number of classes)
@@ -191,6 +192,13 @@ def _pseudo_label_score(probs: np.ndarray, pred: np.ndarray, agreement: np.ndarr
     return (top * agreement).astype(np.float32)
 
 
+def _reduce(pca: PCABasis, xn: np.ndarray, whiten: float) -> np.ndarray:
+    z = pca.transform(xn)
+    if whiten > 0:
+        z *= (np.maximum(pca.explained_variance_ratio, 1e-12) ** (-whiten / 2)).astype(np.float32)
+    return z
+
+
 def _default_k_bounds(params: RoundParams, n: int, n_classes: int) -> tuple[int, int]:
     k_min = params.k_min or max(2, n_classes)
     k_max = params.k_max or max(k_min, min(4 * max(n_classes, 5), 100, n // 20 or 2))
@@ -262,7 +270,7 @@ def _run_round(
         xn, variance=params.pca_variance, n_components=min(params.pca_components, x.shape[1]),
         max_components=params.max_pca_components,
     )
-    z = l2_normalize(pca.transform(xn))
+    z = l2_normalize(_reduce(pca, xn, params.whiten))
     timings["pca"] = time.perf_counter() - t0
 
     t = time.perf_counter()
