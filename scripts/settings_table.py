@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))  # the services are namespace packages found from 
 from pydantic_settings import BaseSettings  # noqa: E402
 
 from tagalong.runtime.settings import ClientSettings, ServiceSettings, env_name  # noqa: E402
+
 README = ROOT / "README.md"
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 MODULES = ["services.embedder.settings", "services.labelstore.settings", "services.clusterer.settings",

@@ -6,6 +6,7 @@ a round. No pickle anywhere: everything loads with allow_pickle=False.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -83,3 +84,48 @@ def load_round(root: Path, round_id: str) -> RoundArtifacts:
         pca=PCABasis.load(folder / "pca.npz"), centroids=centroids, classifier=classifier,
         class_names=list(meta.pop("class_names")), meta=meta,
     )
+
+
+# ---- the dataset's PCA basis, kept between rounds ----------------------------------------------------------
+
+# A saved basis is reused while the dataset has grown by less than this share since it was fitted.
+PCA_REFIT_GROWTH = 0.25
+
+
+def _dataset_folder(root: Path, dataset: str) -> Path:
+    # A folder name from any dataset name: readable part plus a hash (no separators, no '..').
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", dataset)[:64]
+    return root / "datasets" / f"{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:12]}"
+
+
+def save_dataset_pca(root: Path, dataset: str, pca: PCABasis, *, rows: int, settings: dict[str, Any]) -> None:
+    """Keep `pca` as the dataset's basis (atomically: written beside, then renamed)."""
+    folder = _dataset_folder(root, dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pca.", suffix=".npz", dir=folder)
+    os.close(fd)
+    try:
+        pca.save(Path(tmp))
+        os.replace(tmp, folder / "pca.npz")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {"rows": rows, "dim": int(pca.mean.shape[0]), "settings": settings}
+    (folder / "pca.json.tmp").write_text(json.dumps(meta, sort_keys=True))
+    os.replace(folder / "pca.json.tmp", folder / "pca.json")
+
+
+def load_dataset_pca(root: Path, dataset: str, *, rows: int, dim: int, settings: dict[str, Any]) -> PCABasis | None:
+    """The dataset's saved basis when it still applies: same settings and dimension, and the dataset grew by
+    less than PCA_REFIT_GROWTH (or shrank by less) since the fit. None otherwise (then the round refits)."""
+    folder = _dataset_folder(root, dataset)
+    try:
+        meta = json.loads((folder / "pca.json").read_text())
+        if meta.get("dim") != dim or meta.get("settings") != settings:
+            return None
+        fitted_rows = int(meta["rows"])
+        if not fitted_rows or abs(rows - fitted_rows) > PCA_REFIT_GROWTH * fitted_rows:
+            return None
+        return PCABasis.load(folder / "pca.npz")
+    except (FileNotFoundError, ValueError, KeyError, OSError):
+        return None

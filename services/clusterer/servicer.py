@@ -178,11 +178,21 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
         def report(stage: str, fraction: float, message: str) -> None:
             loop.call_soon_threadsafe(events.put_nowait, _progress(stage, 0.3 + 0.6 * fraction, message))
 
+        artifact_root = Path(self.settings.artifact_dir)
+        pca_key = {"pca_variance": params.pca_variance, "pca_components": params.pca_components,
+                   "max_pca_components": params.max_pca_components}
+
         def compute() -> RoundOutput:
-            return run_round_core(
-                data.vectors, labels, human, params, zero_shot_prior=prior or None, progress=report,
-                threads=self.settings.compute_threads,
+            saved = None if request.config.refit_pca else artifacts.load_dataset_pca(
+                artifact_root, dataset, rows=int(data.ids.size), dim=int(data.vectors.shape[1]), settings=pca_key
             )
+            out = run_round_core(
+                data.vectors, labels, human, params, zero_shot_prior=prior or None, progress=report,
+                threads=self.settings.compute_threads, pca=saved,
+            )
+            if not out.pca_reused:
+                artifacts.save_dataset_pca(artifact_root, dataset, out.pca, rows=int(data.ids.size), settings=pca_key)
+            return out
 
         async with self._rounds:
             async for event in _drain_while(asyncio.to_thread(compute), events):
@@ -280,7 +290,7 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
                 for c in out.clusters
             ],
             class_counts=out.class_counts(), duration_seconds=seconds, artifact_uri=artifact_path,
-            labels_written=written,
+            labels_written=written, pca_reused=out.pca_reused,
         )
 
     @staticmethod

@@ -156,6 +156,18 @@ async def test_second_round_clears_stale_machine_labels_and_moves_clusters(stack
     assert sum(r.label_source == common_pb2.LABEL_SOURCE_HUMAN for r in after_second.values()) == 12
 
 
+async def test_pca_basis_is_kept_per_dataset_and_reused(stack: Stack) -> None:
+    _, first = await _run_round(stack, seed=1)
+    _, second = await _run_round(stack, seed=2)
+    _, forced = await _run_round(stack, seed=2, refit_pca=True)
+    _, other_settings = await _run_round(stack, seed=2, pca_components=5)
+    assert not first.summary.pca_reused and second.summary.pca_reused
+    assert second.summary.pca_components == first.summary.pca_components
+    assert second.summary.explained_variance == pytest.approx(first.summary.explained_variance)
+    assert not forced.summary.pca_reused and not other_settings.summary.pca_reused
+    assert other_settings.summary.pca_components == 5
+
+
 async def test_round_without_write_labels_writes_nothing(stack: Stack) -> None:
     _, result = await _run_round(stack, write_labels=False)
     assert result.summary.labels_written == 0 and result.summary.propagated > 0

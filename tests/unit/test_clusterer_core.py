@@ -213,3 +213,26 @@ def test_many_classes_few_points_still_runs() -> None:
     out = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=5))
     assert out.predicted.shape == (60,)
     assert len(out.review) == 5
+
+
+def test_saved_pca_is_reused_only_while_it_applies(blobs: Blobs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.clusterer import artifacts
+
+    first = run_round_core(blobs.x, blobs.labels, params=RoundParams(seed=0, review_batch_size=0))
+    key = {"pca_variance": 0.95}
+    n, d = blobs.x.shape
+    artifacts.save_dataset_pca(tmp_path, "ds/../odd name", first.pca, rows=n, settings=key)
+    saved = artifacts.load_dataset_pca(tmp_path, "ds/../odd name", rows=n + n // 5, dim=d, settings=key)
+    assert saved is not None and np.array_equal(saved.components, first.pca.components)
+    assert all(p.parent.parent == tmp_path / "datasets" for p in tmp_path.rglob("pca.npz"))
+    again = run_round_core(blobs.x, blobs.labels, params=RoundParams(seed=0, review_batch_size=0), pca=saved)
+    assert again.pca_reused and not first.pca_reused
+    assert np.array_equal(again.predicted, first.predicted)
+    # Grown by more than a quarter, other settings, other dimension, other dataset: refit.
+    assert artifacts.load_dataset_pca(tmp_path, "ds/../odd name", rows=2 * n, dim=d, settings=key) is None
+    assert artifacts.load_dataset_pca(tmp_path, "ds/../odd name", rows=n, dim=d, settings={"pca_variance": 0.9}) is None
+    assert artifacts.load_dataset_pca(tmp_path, "ds/../odd name", rows=n, dim=d + 1, settings=key) is None
+    assert artifacts.load_dataset_pca(tmp_path, "other", rows=n, dim=d, settings=key) is None
+    # A basis for another dimension handed to the round directly is not used.
+    wrong = run_round_core(blobs.x[:, :-1], blobs.labels, params=RoundParams(seed=0, review_batch_size=0), pca=saved)
+    assert not wrong.pca_reused
