@@ -37,7 +37,11 @@ class ClustererSettings(ServiceSettings):
     max_pca_components: int = Field(256, ge=2, le=4096)
     k_min: int = Field(0, ge=0, description="0: the number of classes (at least 2).")
     k_max: int = Field(0, ge=0, description="0: derived from the number of classes and points.")
-    confidence_threshold: float = Field(0.9, gt=0, le=1)
+    confidence_threshold: float = Field(
+        0.9, gt=0, le=1,
+        description="Commit a machine label at this estimated probability of being right (calibrated on held-out "
+        "data: bench/fit_calibration.py).",
+    )
     max_iterations: int = Field(3, ge=0, le=50)
     review_batch_size: int = Field(50, ge=0, le=10000)
     diversity: float = Field(0.5, ge=0, le=1)

@@ -190,13 +190,16 @@ def label(
     dataset: str = DatasetOpt,
     k: int = typer.Option(0, help="Clusters (0: automatic)."),
     review_size: int = typer.Option(0, help="Items to send to review (0: default 50)."),
-    confidence: float = typer.Option(0.0, help="Commit machine labels at or above this (0: default 0.9)."),
+    confidence: float = typer.Option(
+        0.0, help="Commit machine labels whose estimated probability of being right is at least this (0: 0.9)."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
+    refit_pca: bool = typer.Option(False, help="Fit the PCA basis again instead of reusing the dataset's."),
     wait: bool = typer.Option(True, help="Follow the round until it ends."),
 ) -> None:
     """Run a labelling round."""
     reply = STATE.client.start_round(dataset, k=k, review_batch_size=review_size, confidence_threshold=confidence,
-                                     seed=seed)
+                                     seed=seed, refit_pca=refit_pca)
     console.print(f"round [bold]{reply.round_id}[/bold] (job {reply.job_id})")
     if wait:
         job = _follow(reply.job_id)
