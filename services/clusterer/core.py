@@ -31,8 +31,8 @@ MEMBER_WEIGHTS = {"label_spreading": 2.0, "self_training": 1.0, "cluster_majorit
 # Confidence = P(label correct) from a logistic model over per-point evidence (see _confidence). Fitted on the
 # *dev* split (1,000 training images per class of CIFAR-10 and Fashion-MNIST, EfficientNet-Lite0 features, 1-20
 # human labels per class, 2 seeds; refitted once on features recomputed with this calibration in place, since
-# what is committed feeds self-training) and reported on the test splits, so the threshold means the same
-# thing on data it was not fitted on.
+# what is committed feeds self-training; `python -m bench.fit_calibration` refits and checks it) and reported on
+# the test splits, so the threshold means the same thing on data it was not fitted on.
 CALIBRATION = {
     "log_raw": 0.201,  # log of (geometric mean of the soft members' probability x agreement)
     "neighbour_consistency": 1.025,  # share of the point's kNN neighbours predicted the same class
