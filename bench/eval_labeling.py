@@ -8,11 +8,9 @@ bench/results/eval_labeling.md and PNG plots beside it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +24,8 @@ CACHE = ROOT / "var" / "cache"
 MODEL_NAME = "efficientnet-lite0"
 MODEL_DIR = ROOT / "var" / "models" / MODEL_NAME
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-{split}-jpg.tar.gz"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # BLAS/faiss threads for every method (set by --threads); 1 avoids spin-waiting threads on a shared machine.
 THREADS = 1
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
 
 @dataclass
@@ -43,46 +39,22 @@ class LabelledSet:
 
 
 def _cifar_images(per_class: int | None, split: str = "test") -> tuple[list[bytes], list[int], list[str]]:
+    from tagalong.datasets import cifar10
+
     archive = Path(str(CIFAR_ARCHIVE).format(split=split))
     if not archive.exists():
         raise FileNotFoundError(f"missing {archive}")
-    by_class: dict[str, list[tuple[str, bytes]]] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            if not member.isfile() or not member.name.lower().endswith((".jpg", ".jpeg")):
-                continue
-            parts = Path(member.name).parts
-            cls = parts[-2]
-            items = by_class.setdefault(cls, [])
-            if per_class is not None and len(items) >= per_class:
-                continue
-            f = tar.extractfile(member)
-            assert f is not None
-            items.append((member.name, f.read()))
-    names = sorted(by_class)
-    images: list[bytes] = []
-    labels: list[int] = []
-    for ci, cls in enumerate(names):
-        for _, data in sorted(by_class[cls]):
-            images.append(data)
-            labels.append(ci)
-    return images, labels, names
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    items = cifar10(archive, per_class)  # sorted by path: class by class
+    names = sorted({item.label for item in items})
+    return [item.data for item in items], [names.index(item.label) for item in items], names
 
 
 def _fashion_images(per_class: int | None, split: str = "test") -> tuple[list[bytes], list[int], list[str]]:
     from PIL import Image
 
-    prefix = "t10k" if split == "test" else "train"
-    images = _read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(int)
+    from tagalong.datasets import FASHION_CLASSES, fashion_mnist_arrays
+
+    images, labels = fashion_mnist_arrays("test" if split == "test" else "train")
     keep = np.arange(labels.size)
     if per_class is not None:
         keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
@@ -415,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows, curves = compare(ds, [1, 5, 10], seeds)
         budget, step = (60, 10) if args.quick else (100, 10)
-        active = active_learning(ds, budget, step, seeds[:1] if args.quick else seeds[:2])
+        active = active_learning(ds, budget, step, seeds[:1] if args.quick else seeds)
         results[name] = {"rows": rows, "curves": curves, "active": active, "n": ds.x.shape[0], "seeds": seeds}
     if args.embed_only:
         return 0

@@ -60,15 +60,27 @@ def _take(items: Iterator[LabeledImage], per_class: int | None) -> list[LabeledI
     return out
 
 
-def fashion_mnist(split: str = "test", per_class: int | None = None,
-                  root: Path = FASHION_MNIST_DIR) -> list[LabeledImage]:
-    """Fashion-MNIST as PNG bytes (split "test": 10k images, "train": 60k)."""
+def fashion_mnist_arrays(split: str = "test", root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST as (n, 28, 28) uint8 pixels and (n,) class indices (split "test": 10k, "train": 60k).
+
+    root None: Debian's `dataset-fashion-mnist` folder, installed here when it is missing (as root)."""
+    installable = root is None
+    root = FASHION_MNIST_DIR if root is None else root
     prefix = "t10k" if split == "test" else "train"
     images_file = root / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_file.exists() and installable:
+        from tagalong.devstack.debian import apt_install
+
+        apt_install("dataset-fashion-mnist", f"{images_file} is missing")
     if not images_file.exists():
         raise FileNotFoundError(f"{images_file} is missing: apt-get install dataset-fashion-mnist")
-    images = _read_idx(images_file)
-    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    return _read_idx(images_file), _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+
+
+def fashion_mnist(split: str = "test", per_class: int | None = None,
+                  root: Path | None = None) -> list[LabeledImage]:
+    """Fashion-MNIST as PNG bytes (split "test": 10k images, "train": 60k); root as in fashion_mnist_arrays."""
+    images, labels = fashion_mnist_arrays(split, root)
 
     counts: dict[int, int] = defaultdict(int)
     out = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.clusterer.classifier import LinearClassifier, train_classifier
-from services.clusterer.kmeans import KMeansResult, fit_kmeans
+from services.clusterer.kmeans import KMeansResult, fit_kmeans, split_impure_clusters
 from services.clusterer.knn import affinity_graph, knn_search, normalized_graph
 from services.clusterer.pca import PCABasis, fit_pca
 from services.clusterer.propagation import cluster_majority, label_spreading
@@ -30,16 +30,17 @@ SOURCE_NONE, SOURCE_HUMAN, SOURCE_PROPAGATED = 0, 1, 2
 MEMBER_WEIGHTS = {"label_spreading": 2.0, "self_training": 1.0, "cluster_majority": 0.5, "zero_shot": 0.5}
 # Confidence = P(label correct) from a logistic model over per-point evidence (see _confidence). Fitted on the
 # *dev* split (1,000 training images per class of CIFAR-10 and Fashion-MNIST, EfficientNet-Lite0 features, 1-20
-# human labels per class, 2 seeds; refitted once on features recomputed with this calibration in place, since
-# what is committed feeds self-training; `python -m bench.fit_calibration` refits and checks it) and reported on
-# the test splits, so the threshold means the same thing on data it was not fitted on.
+# human labels per class, 2 seeds; fitted on evidence computed with the previous coefficients in place, since what
+# is committed feeds self-training; last refitted when refinement started re-clustering; `python -m
+# bench.fit_calibration` refits and checks it) and reported on the test splits, so the threshold means the same
+# thing on data it was not fitted on.
 CALIBRATION = {
-    "log_raw": 0.201,  # log of (geometric mean of the soft members' probability x agreement)
-    "neighbour_consistency": 1.025,  # share of the point's kNN neighbours predicted the same class
-    "log_support": 0.391,  # log(1 + human labels of the predicted class)
-    "margin": 3.972,  # top-1 minus top-2 ensemble probability
-    "agreement": -0.124,  # (already inside log_raw; the fit takes a little of it back)
-    "intercept": -1.733,
+    "log_raw": 0.322,  # log of (geometric mean of the soft members' probability x agreement)
+    "neighbour_consistency": 1.064,  # share of the point's kNN neighbours predicted the same class
+    "log_support": 0.36,  # log(1 + human labels of the predicted class)
+    "margin": 3.773,  # top-1 minus top-2 ensemble probability
+    "agreement": -0.371,  # (already inside log_raw; the fit takes a little of it back)
+    "intercept": -1.365,
 }
 # Members whose probabilities enter the confidence (the others only vote).
 SOFT_MEMBERS = ("label_spreading", "self_training")
@@ -64,6 +65,7 @@ class RoundParams:
     seed: int = 0
     label_spreading: bool = True
     self_training: bool = True
+    recluster: bool = True  # refinement splits clusters whose labels disagree (see split_impure_clusters)
     knn_k: int = 10
     spreading_alpha: float = 0.99
     spreading_iterations: int = 40
@@ -90,6 +92,8 @@ class IterationStats:
     changed: int
     mean_confidence: float
     agreement: float
+    clusters: int = 0  # clusters after the iteration (grows when refinement splits impure ones)
+    clusters_split: int = 0
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,11 @@ def _run_round(
     probs, pred, agreement, conf, pseudo_score, evidence = combine(members)
     machine = ~human
     committed = machine & (conf >= params.confidence_threshold) & (pred >= 0)
-    iterations = [_iteration_stats(0, "+".join(m[0] for m in members), committed, pred, None, conf, agreement, machine)]
+    iterations = [
+        _iteration_stats(0, "+".join(m[0] for m in members), committed, pred, None, conf, agreement, machine, km.k)
+    ]
+    # Re-clustering may split clusters up to twice the fitted k, or one more cluster per class when that is more.
+    max_clusters = max(2 * km.k, km.k + k_cls)
 
     # Refinement: classifier on human + confident machine labels, cluster votes recounted, until settled.
     # The classifier is cross-fitted (two halves, each predicts the other) so that its vote on a point never
@@ -390,6 +398,9 @@ def _run_round(
                 break
             pseudo = np.where(committed, pred, seeds)
             pseudo_w = np.where(seeds >= 0, seed_w, np.where(committed, 0.3 * conf, 0.0)).astype(np.float32)
+            n_split = 0
+            if params.recluster:
+                km, n_split = split_impure_clusters(z, km, pseudo, pseudo_w, k_cls, max_k=max_clusters)
             cm_it = cluster_majority(km.assignment, km.dist1, pseudo, k_cls, km.k, weights=pseudo_w)
             ms = [(
                 "cluster_majority", _normalize_rows(cm_it.probs), cm_it.has_vote.astype(np.float32),
@@ -401,7 +412,9 @@ def _run_round(
             prev_pred = pred
             probs, pred, agreement, conf, pseudo_score, evidence = combine(ms)
             committed = machine & (conf >= params.confidence_threshold) & (pred >= 0)
-            stats = _iteration_stats(it, "self_training", committed, pred, prev_pred, conf, agreement, machine)
+            stats = _iteration_stats(
+                it, "self_training", committed, pred, prev_pred, conf, agreement, machine, km.k, n_split
+            )
             iterations.append(stats)
             if stats.changed <= params.settle_fraction * max(int(machine.sum()), 1):
                 break
@@ -484,13 +497,14 @@ def _training_set(
 
 def _iteration_stats(
     it: int, method: str, committed: np.ndarray, pred: np.ndarray, prev: np.ndarray | None, conf: np.ndarray,
-    agreement: np.ndarray, machine: np.ndarray,
+    agreement: np.ndarray, machine: np.ndarray, clusters: int = 0, clusters_split: int = 0,
 ) -> IterationStats:
     changed = 0 if prev is None else int(((pred != prev) & machine).sum())
     return IterationStats(
         iteration=it, method=method, labeled=int(committed.sum()), changed=changed,
         mean_confidence=float(conf[committed].mean()) if committed.any() else 0.0,
         agreement=float(agreement[committed].mean()) if committed.any() else 0.0,
+        clusters=clusters, clusters_split=clusters_split,
     )
 
 

@@ -112,3 +112,53 @@ def fit_kmeans(
     centroids = fit_centroids(fit_rows, k, seed, nredo=3)
     labels, d1, d2 = assign(x, centroids)
     return KMeansResult(centroids=centroids, assignment=labels, dist1=d1, dist2=d2, k=k, silhouette_by_k=scores)
+
+
+def split_impure_clusters(
+    x: np.ndarray,
+    km: KMeansResult,
+    y: np.ndarray,
+    weights: np.ndarray,
+    n_classes: int,
+    *,
+    min_purity: float = 0.75,
+    min_share: float = 0.15,
+    min_weight: float = 2.0,
+    max_k: int = 0,
+) -> tuple[KMeansResult, int]:
+    """Re-cluster with the labels: clusters whose labelled members disagree are split by class.
+
+    A cluster whose weighted labels (y >= 0) give no class `min_purity` of the weight is replaced by one centroid
+    per class holding at least `min_share` of it and `min_weight` in all (the weighted mean of that class's
+    labelled members there); then every point goes to its nearest centroid, so the distances stay exact.
+    `max_k` (0: twice the current k) bounds the growth. Returns the new clustering and how many were split.
+    """
+    labelled = y >= 0
+    counts = np.zeros((km.k, n_classes), dtype=np.float64)
+    np.add.at(counts, (km.assignment[labelled], y[labelled]), weights[labelled].astype(np.float64))
+    total = counts.sum(axis=1)
+    limit = max_k or 2 * km.k
+    centroids: list[np.ndarray] = []
+    split = 0
+    budget = limit - km.k
+    # Most impure (by weight of the minority labels) first, while the growth budget lasts.
+    minority = total - counts.max(axis=1)
+    for c in np.argsort(-minority, kind="stable"):
+        enough = (counts[c] >= min_share * total[c]) & (counts[c] >= min_weight)
+        classes = np.flatnonzero(enough) if total[c] > 0 else np.array([], dtype=int)
+        impure = total[c] > 0 and counts[c].max() < min_purity * total[c] and classes.size >= 2
+        if not impure or classes.size - 1 > budget:
+            centroids.append(km.centroids[c])
+            continue
+        in_c = labelled & (km.assignment == c)
+        for j in classes:
+            rows = in_c & (y == j)
+            w = weights[rows].astype(np.float64)
+            centroids.append((x[rows] * w[:, None]).sum(axis=0) / max(w.sum(), 1e-12))
+        budget -= classes.size - 1
+        split += 1
+    if not split:
+        return km, 0
+    cents = np.asarray(centroids, dtype=np.float32)
+    labels, d1, d2 = assign(x, cents)
+    return KMeansResult(cents, labels, d1, d2, cents.shape[0], km.silhouette_by_k), split

@@ -61,6 +61,7 @@ def round_params(config: common_pb2.RoundConfig, settings: ClustererSettings) ->
         seed=config.seed,
         label_spreading=not config.disable_label_spreading,
         self_training=not config.disable_self_training,
+        recluster=not config.disable_recluster,
         knn_k=settings.knn_k,
         zero_shot_temperature=settings.zero_shot_temperature,
     )
@@ -278,7 +279,8 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
             iterations=[
                 common_pb2.IterationMetrics(
                     iteration=s.iteration, method=s.method, labeled=s.labeled, changed=s.changed,
-                    mean_confidence=s.mean_confidence, agreement=s.agreement,
+                    mean_confidence=s.mean_confidence, agreement=s.agreement, clusters=s.clusters,
+                    clusters_split=s.clusters_split,
                 )
                 for s in out.iterations
             ],

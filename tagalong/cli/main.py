@@ -127,6 +127,14 @@ def _job_table(job: gateway_pb2.Job) -> None:
                             ("labels written", s.labels_written), ("seconds", f"{s.duration_seconds:.1f}")):
             summary.add_row(name, str(value))
         console.print(summary)
+        if s.iterations:
+            its = Table("iteration", "method", "committed", "changed", "mean conf", "agreement", "clusters",
+                        title="refinement")
+            for it in s.iterations:
+                split = f" ({it.clusters_split} split)" if it.clusters_split else ""
+                its.add_row(str(it.iteration), it.method, str(it.labeled), str(it.changed), f"{it.mean_confidence:.3f}",
+                            f"{it.agreement:.3f}", f"{it.clusters}{split}")
+            console.print(its)
 
 
 @app.command()
@@ -195,11 +203,12 @@ def label(
     ),
     seed: int = typer.Option(0, help="Random seed."),
     refit_pca: bool = typer.Option(False, help="Fit the PCA basis again instead of reusing the dataset's."),
+    recluster: bool = typer.Option(True, help="Let refinement split clusters whose labels disagree."),
     wait: bool = typer.Option(True, help="Follow the round until it ends."),
 ) -> None:
     """Run a labelling round."""
     reply = STATE.client.start_round(dataset, k=k, review_batch_size=review_size, confidence_threshold=confidence,
-                                     seed=seed, refit_pca=refit_pca)
+                                     seed=seed, refit_pca=refit_pca, disable_recluster=not recluster)
     console.print(f"round [bold]{reply.round_id}[/bold] (job {reply.job_id})")
     if wait:
         job = _follow(reply.job_id)

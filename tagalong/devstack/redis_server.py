@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from tagalong.devstack.debian import apt_install
+
 
 def reachable(url: str) -> bool:
     try:
@@ -23,9 +25,7 @@ def ensure_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    print("redis-server not found: installing it from Debian (apt-get install redis-server)")
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
+    apt_install("redis-server", "redis-server not found")
     found = shutil.which("redis-server")
     if not found:
         raise RuntimeError("redis-server still missing after apt-get install")

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from services.clusterer import knn
 from services.clusterer.artifacts import check_round_id, load_round, save_round
 from services.clusterer.classifier import train_classifier
-from services.clusterer.kmeans import fit_kmeans, k_grid
+from services.clusterer.kmeans import KMeansResult, assign, fit_kmeans, k_grid, split_impure_clusters
 from services.clusterer.pca import PCABasis, fit_pca
 from services.clusterer.projection import project
 from services.clusterer.propagation import cluster_majority, label_spreading
@@ -79,6 +79,44 @@ def test_kmeans_fits_on_a_sample_and_assigns_everything() -> None:
     result = fit_kmeans(blobs.x, k=4, seed=0, fit_sample=500)
     assert result.assignment.shape == (3000,)
     assert len(np.unique(result.assignment)) == 4
+
+
+def _one_cluster(x: np.ndarray) -> KMeansResult:
+    cents = x.mean(axis=0, keepdims=True).astype(np.float32)
+    lab, d1, d2 = assign(x, cents)
+    return KMeansResult(cents, lab, d1, d2, 1, {})
+
+
+def test_split_impure_clusters_separates_the_classes_a_cluster_merged() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 8)) * 0.1 + [3, 0, 0, 0, 0, 0, 0, 0]
+    b = rng.normal(size=(200, 8)) * 0.1 - [3, 0, 0, 0, 0, 0, 0, 0]
+    x = np.vstack([a, b]).astype(np.float32)
+    truth = np.repeat([0, 1], 200)
+    y = np.full(400, -1)
+    y[[0, 1, 2, 200, 201, 202]] = truth[[0, 1, 2, 200, 201, 202]]
+    km = _one_cluster(x)
+    out, n_split = split_impure_clusters(x, km, y, np.ones(400), 2)
+    assert n_split == 1 and out.k == 2
+    # Each blob is one of the new clusters, and the distances are those to the assigned centroid.
+    assert len(set(out.assignment[:200])) == 1 and len(set(out.assignment[200:])) == 1
+    assert out.assignment[0] != out.assignment[200]
+    assert np.allclose(out.dist1, ((x - out.centroids[out.assignment]) ** 2).sum(axis=1), rtol=1e-4, atol=1e-4)
+    # A pure cluster, a minority below min_share, or too little weight: nothing to split.
+    pure = np.where(truth == 0, y, -1)
+    assert split_impure_clusters(x, km, pure, np.ones(400), 2) == (km, 0)
+    assert split_impure_clusters(x, km, y, np.ones(400), 2, min_weight=4.0) == (km, 0)
+    many = np.where(np.arange(400) < 150, 0, y)  # 150 labels of class 0 against 3 of class 1
+    assert split_impure_clusters(x, km, many, np.ones(400), 2)[1] == 0
+
+
+def test_split_impure_clusters_respects_the_growth_bound() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = np.arange(300) % 3  # every cluster holds three classes evenly: maximally impure
+    km = fit_kmeans(x, k=4, seed=0)
+    out, n_split = split_impure_clusters(x, km, y, np.ones(300), 3, max_k=6)
+    assert out.k <= 6 and n_split == 1  # one split (+2 clusters) fits, a second would not
 
 
 def test_k_grid_is_bounded_and_sorted() -> None:

@@ -64,6 +64,26 @@ def test_round_metrics_and_clusters_are_consistent(blobs: Blobs) -> None:
     assert 0 < out.pca.explained_variance <= 1.0
 
 
+def test_refinement_reclusters_when_clusters_mix_classes(blobs_factory) -> None:  # type: ignore[no-untyped-def]
+    # k forced to 2 for 6 classes: every cluster mixes classes, so refinement must split them by label.
+    blobs = blobs_factory(per_class_labels=5)
+    params = RoundParams(seed=0, k=2, max_iterations=3)
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, params)
+    flat = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, k=2, recluster=False))
+    assert flat.kmeans.k == 2 and all(s.clusters_split == 0 for s in flat.iterations)
+    assert out.iterations[0].clusters == 2
+    assert out.kmeans.k > 2 and sum(s.clusters_split for s in out.iterations) >= 1
+    assert out.iterations[-1].clusters == out.kmeans.k
+    # The written cluster ids are the refined ones, and they now follow the classes.
+    assert out.cluster.max() < out.kmeans.k and len(out.clusters) == out.kmeans.k
+
+    def mean_purity(res) -> float:  # type: ignore[no-untyped-def]
+        sizes = np.bincount(res.cluster)
+        return float(sum(np.bincount(blobs.y[res.cluster == c]).max() for c in np.flatnonzero(sizes)) / len(blobs.y))
+
+    assert mean_purity(out) >= 0.9 > mean_purity(flat)
+
+
 def test_round_is_reproducible_with_a_seed(blobs: Blobs) -> None:
     a = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=7))
     b = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=7))
@@ -124,6 +144,22 @@ def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, ex
         assert kinds["coverage"] >= 5 and kinds["uncertainty"] >= 5
     else:  # below 10 labels per class: representative items only
         assert kinds["uncertainty"] == 0
+
+
+def test_coverage_picks_prefer_uncertain_regions() -> None:
+    from services.clusterer.review import _coverage_picks
+
+    # Two regions; the bigger one is already labelled with confidence, the smaller one is uncertain.
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(300, 8)) * 0.05 + np.eye(8)[0]
+    small = rng.normal(size=(200, 8)) * 0.05 + np.eye(8)[1]
+    z = np.vstack([big, small]).astype(np.float32)
+    taken = np.zeros(500, dtype=bool)
+    unc = np.concatenate([np.full(300, 0.1), np.full(200, 0.9)]).astype(np.float32)
+    first = _coverage_picks(z, taken.copy(), np.zeros(500, dtype=np.int64), 1, 1, 0, unc)
+    assert first[0].index >= 300 and "mean uncertainty 0.90" in first[0].reason
+    flat = _coverage_picks(z, taken.copy(), np.zeros(500, dtype=np.int64), 1, 1, 0, np.ones(500, np.float32))
+    assert flat[0].index < 300  # equal uncertainty: the bigger region first
 
 
 def test_review_batch_never_fills_up_with_near_duplicates(blobs_factory) -> None:  # type: ignore[no-untyped-def]

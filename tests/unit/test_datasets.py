@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagalong.datasets import FASHION_CLASSES, cifar10, fashion_mnist, folder_per_class
+from tagalong.datasets import FASHION_CLASSES, cifar10, fashion_mnist, fashion_mnist_arrays, folder_per_class
+from tagalong.devstack import debian
 from tests.conftest import DATASETS
 
 
@@ -19,6 +20,32 @@ def test_fashion_mnist_is_balanced_decodable_pngs() -> None:
     img = Image.open(io.BytesIO(items[0].data))
     assert img.format == "PNG" and img.size == (28, 28)
     assert len({i.data for i in items}) == len(items)
+
+
+def test_fashion_mnist_elsewhere_is_never_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(debian, "apt_install", lambda package, why: calls.append(package))
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist_arrays("test", root=tmp_path)
+    assert calls == []  # only Debian's own folder is installed on demand
+
+
+def test_missing_fashion_mnist_is_installed_from_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh machine: the default folder is empty until the Debian package is installed.
+    import tagalong.datasets as datasets
+
+    calls: list[str] = []
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "fashion-mnist")
+    monkeypatch.setattr(debian, "apt_install", lambda package, why: calls.append(package))
+    with pytest.raises(FileNotFoundError):
+        datasets.fashion_mnist_arrays("test")
+    assert calls == ["dataset-fashion-mnist"]
+
+
+def test_apt_install_without_root_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
+    with pytest.raises(RuntimeError, match=r"apt-get install -y dataset-fashion-mnist"):
+        debian.apt_install("dataset-fashion-mnist", "missing")
 
 
 def test_cifar10_reads_the_shared_archive() -> None:
