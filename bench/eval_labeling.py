@@ -8,7 +8,6 @@ bench/results/eval_labeling.md and PNG plots beside it.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -50,20 +49,12 @@ def _cifar_images(per_class: int | None, split: str = "test") -> tuple[list[byte
 
 
 def _fashion_images(per_class: int | None, split: str = "test") -> tuple[list[bytes], list[int], list[str]]:
-    from PIL import Image
+    from tagalong.datasets import FASHION_CLASSES, fashion_mnist
 
-    from tagalong.datasets import FASHION_CLASSES, fashion_mnist_arrays
-
-    images, labels = fashion_mnist_arrays("test" if split == "test" else "train")
-    keep = np.arange(labels.size)
-    if per_class is not None:
-        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
-    out: list[bytes] = []
-    for i in keep:
-        buf = io.BytesIO()
-        Image.fromarray(images[i], mode="L").convert("RGB").save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out, [int(v) for v in labels[keep]], FASHION_CLASSES
+    items = fashion_mnist(split, per_class)
+    if per_class is not None:  # class by class, file order within (the order the embedding caches hold)
+        items.sort(key=lambda item: FASHION_CLASSES.index(item.label))
+    return [item.data for item in items], [FASHION_CLASSES.index(item.label) for item in items], FASHION_CLASSES
 
 
 LOADERS: dict[str, Callable[[int | None, str], tuple[list[bytes], list[int], list[str]]]] = {

@@ -145,7 +145,7 @@ def split_impure_clusters(
     minority = total - counts.max(axis=1)
     for c in np.argsort(-minority, kind="stable"):
         enough = (counts[c] >= min_share * total[c]) & (counts[c] >= min_weight)
-        classes = np.flatnonzero(enough) if total[c] > 0 else np.array([], dtype=int)
+        classes = np.flatnonzero(enough)
         impure = total[c] > 0 and counts[c].max() < min_purity * total[c] and classes.size >= 2
         if not impure or classes.size - 1 > budget:
             centroids.append(km.centroids[c])
