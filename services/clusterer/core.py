@@ -428,7 +428,7 @@ def _run_round(
     unc = uncertainty_scores(km.dist1, km.dist2, clf_probs, agreement, probs)
     cluster_has_human = np.bincount(km.assignment[human], minlength=km.k) > 0
     review = select_review(
-        z, is_human=human, assignment=km.assignment, dist1=km.dist1, cluster_has_human=cluster_has_human,
+        z, is_human=human, assignment=km.assignment, cluster_has_human=cluster_has_human,
         probs=probs, unc=unc, class_names=names, batch_size=params.review_batch_size, diversity=params.diversity,
         seed=params.seed,
     )

@@ -146,20 +146,22 @@ def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, ex
         assert kinds["uncertainty"] == 0
 
 
-def test_coverage_picks_prefer_uncertain_regions() -> None:
+def test_coverage_picks_take_the_biggest_uncovered_region_first() -> None:
     from services.clusterer.review import _coverage_picks
 
-    # Two regions; the bigger one is already labelled with confidence, the smaller one is uncertain.
     rng = np.random.default_rng(0)
     big = rng.normal(size=(300, 8)) * 0.05 + np.eye(8)[0]
     small = rng.normal(size=(200, 8)) * 0.05 + np.eye(8)[1]
     z = np.vstack([big, small]).astype(np.float32)
-    taken = np.zeros(500, dtype=bool)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
     unc = np.concatenate([np.full(300, 0.1), np.full(200, 0.9)]).astype(np.float32)
-    first = _coverage_picks(z, taken.copy(), np.zeros(500, dtype=np.int64), 1, 1, 0, unc)
-    assert first[0].index >= 300 and "mean uncertainty 0.90" in first[0].reason
-    flat = _coverage_picks(z, taken.copy(), np.zeros(500, dtype=np.int64), 1, 1, 0, np.ones(500, np.float32))
-    assert flat[0].index < 300  # equal uncertainty: the bigger region first
+    assignment = np.zeros(500, dtype=np.int64)
+    first = _coverage_picks(z, np.zeros(500, dtype=bool), assignment, 1, 1, 0, unc)
+    assert first[0].index < 300 and "300 similar items, mean uncertainty 0.10" in first[0].reason
+    covered = np.zeros(500, dtype=bool)
+    covered[0] = True  # the big region already holds a label: the small one is next
+    nxt = _coverage_picks(z, covered, assignment, 1, 1, 0, unc)
+    assert nxt[0].index >= 300 and "mean uncertainty 0.90" in nxt[0].reason
 
 
 def test_review_batch_never_fills_up_with_near_duplicates(blobs_factory) -> None:  # type: ignore[no-untyped-def]
@@ -272,3 +274,43 @@ def test_saved_pca_is_reused_only_while_it_applies(blobs: Blobs, tmp_path) -> No
     # A basis for another dimension handed to the round directly is not used.
     wrong = run_round_core(blobs.x[:, :-1], blobs.labels, params=RoundParams(seed=0, review_batch_size=0), pca=saved)
     assert not wrong.pca_reused
+
+
+def test_typical_member_is_the_densest_not_the_nearest_the_centroid() -> None:
+    from services.clusterer.review import _typical_member
+
+    # One region: a tight core and a broad cloud beside it. The centroid falls between them, inside the cloud,
+    # so the member nearest it is a sparse point; the typical one must come from the core.
+    rng = np.random.default_rng(0)
+    core_pts = np.eye(16)[0] + rng.normal(size=(150, 16)) * 0.01
+    noise = np.zeros((150, 16))
+    noise[:, 1:3] = rng.normal(size=(150, 2)) * 0.15
+    cloud = np.eye(16)[0] + 0.3 * np.eye(16)[1] + noise
+    z = np.vstack([core_pts, cloud]).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    region = np.arange(300)
+    centroid = z.mean(axis=0)
+    assert np.argmin(((z - centroid) ** 2).sum(axis=1)) >= 150  # the old rule would pick from the cloud
+    taken = np.zeros(300, dtype=bool)
+    first = _typical_member(z, region, taken)
+    assert first is not None and first < 150
+    taken[first] = True
+    second = _typical_member(z, region, taken)
+    assert second is not None and second != first and second < 150
+    taken[:] = True
+    assert _typical_member(z, region, taken) is None
+
+
+def test_typical_member_of_a_huge_region_is_scored_on_a_sample() -> None:
+    from services.clusterer import review
+
+    rng = np.random.default_rng(1)
+    n_core, n_cloud = 3000, review.TYPICALITY_SAMPLE * 2
+    core_pts = np.eye(16)[0] + rng.normal(size=(n_core, 16)) * 0.01
+    cloud = np.eye(16)[0] + rng.normal(size=(n_cloud, 16)) * 0.2
+    z = np.vstack([cloud, core_pts]).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    taken = np.zeros(z.shape[0], dtype=bool)
+    picked = review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)
+    assert picked is not None and picked >= n_cloud  # from the dense core
+    assert picked == review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)  # seeded: reproducible
