@@ -142,7 +142,7 @@ def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, ex
     kinds = _reason_kinds(out)
     if expect_uncertainty:  # default diversity 0.5: about half coverage picks, half uncertainty picks
         assert kinds["coverage"] >= 5 and kinds["uncertainty"] >= 5
-    else:  # below 10 labels per class: representative items only
+    else:  # below LOW_BUDGET_PER_CLASS labels per class: representative items only
         assert kinds["uncertainty"] == 0
 
 
