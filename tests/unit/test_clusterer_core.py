@@ -301,8 +301,12 @@ def test_typical_member_is_the_densest_not_the_nearest_the_centroid() -> None:
     assert _typical_member(z, region, taken) is None
 
 
-def test_typical_member_of_a_huge_region_is_scored_on_a_sample() -> None:
+def test_typical_member_of_a_huge_region_is_scored_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.clusterer import review
+
+    scored: list[int] = []
+    real = review.typicality
+    monkeypatch.setattr(review, "typicality", lambda zm: (scored.append(zm.shape[0]), real(zm))[1])
 
     rng = np.random.default_rng(1)
     n_core, n_cloud = 3000, review.TYPICALITY_SAMPLE * 2
@@ -314,3 +318,4 @@ def test_typical_member_of_a_huge_region_is_scored_on_a_sample() -> None:
     picked = review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)
     assert picked is not None and picked >= n_cloud  # from the dense core
     assert picked == review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)  # seeded: reproducible
+    assert scored == [review.TYPICALITY_SAMPLE] * 2  # never the whole 13,000
