@@ -51,6 +51,7 @@ def round_params(config: common_pb2.RoundConfig, settings: ClustererSettings) ->
         pca_variance=config.pca_variance or settings.pca_variance,
         pca_components=config.pca_components,
         max_pca_components=settings.max_pca_components,
+        feature_power=settings.feature_power,
         k=config.k,
         k_min=config.k_min or settings.k_min,
         k_max=config.k_max or settings.k_max,
@@ -181,7 +182,7 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
 
         artifact_root = Path(self.settings.artifact_dir)
         pca_key = {"pca_variance": params.pca_variance, "pca_components": params.pca_components,
-                   "max_pca_components": params.max_pca_components}
+                   "max_pca_components": params.max_pca_components, "feature_power": params.feature_power}
 
         def compute() -> RoundOutput:
             saved = None if request.config.refit_pca else artifacts.load_dataset_pca(
@@ -230,7 +231,8 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
         meta = {
             "round_id": round_id, "dataset": dataset, "k": out.kmeans.k, "method": out.method,
             "pca_components": out.pca.n_components, "explained_variance": out.pca.explained_variance,
-            "params": {k: v for k, v in vars(params).items()}, "timings": out.timings,
+            "feature_power": out.feature_power, "params": {k: v for k, v in vars(params).items()},
+            "timings": out.timings,
             "silhouette_by_k": {str(k): v for k, v in out.kmeans.silhouette_by_k.items()},
         }
         path = artifacts.save_round(

@@ -35,6 +35,11 @@ class ClustererSettings(ServiceSettings):
     # Defaults of a RoundConfig's zero fields.
     pca_variance: float = Field(0.95, gt=0, le=1)
     max_pca_components: int = Field(256, ge=2, le=4096)
+    feature_power: float = Field(
+        0.5, gt=0, le=1,
+        description="Power transform (x^p) of non-negative embeddings, such as pooled CNN features, before PCA; "
+        "embeddings with negative values are used as they are; 1 turns it off.",
+    )
     k_min: int = Field(0, ge=0, description="0: the number of classes (at least 2).")
     k_max: int = Field(0, ge=0, description="0: derived from the number of classes and points.")
     confidence_threshold: float = Field(

@@ -11,6 +11,7 @@ from services.clusterer.core import (
     SOURCE_PROPAGATED,
     RoundParams,
     encode_labels,
+    power_transform,
     run_round_core,
 )
 from tagalong.runtime.errors import InvalidArgument
@@ -106,18 +107,17 @@ def test_round_without_human_labels_asks_for_cluster_representatives(blobs: Blob
     assert len(out.review) == 12
     picked = [p.index for p in out.review]
     assert len(set(picked)) == 12
-    # The first picks are typical members of different clusters; together the picks cover every true class.
-    first = [p for p in out.review if "has no human label" in p.reason]
-    assert len({int(out.cluster[p.index]) for p in first}) == len(first) == out.kmeans.k
+    # Representative items (kernel herding), spread so that together they cover every true class.
+    assert all(p.reason.startswith("representative of an unlabelled neighbourhood") for p in out.review)
+    assert all("has no human label" in p.reason for p in out.review)
     assert set(blobs.y[picked]) == set(range(6))
+    assert [p.priority for p in out.review] == sorted((p.priority for p in out.review), reverse=True)
 
 
 def _reason_kinds(out) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    kinds = {"uncovered-cluster": 0, "coverage": 0, "uncertainty": 0}
+    kinds = {"coverage": 0, "uncertainty": 0}
     for p in out.review:
-        if "has no human label" in p.reason:
-            kinds["uncovered-cluster"] += 1
-        elif p.reason.startswith("typical of an unlabelled region"):
+        if p.reason.startswith("representative of an unlabelled neighbourhood"):
             kinds["coverage"] += 1
         else:
             assert "margin" in p.reason and " between " in p.reason and "cluster" in p.reason, p.reason
@@ -146,22 +146,46 @@ def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, ex
         assert kinds["uncertainty"] == 0
 
 
-def test_coverage_picks_take_the_biggest_uncovered_region_first() -> None:
-    from services.clusterer.review import _coverage_picks
-
+def _two_regions(n_big: int = 300, n_small: int = 200) -> np.ndarray:
     rng = np.random.default_rng(0)
-    big = rng.normal(size=(300, 8)) * 0.05 + np.eye(8)[0]
-    small = rng.normal(size=(200, 8)) * 0.05 + np.eye(8)[1]
+    big = rng.normal(size=(n_big, 8)) * 0.05 + np.eye(8)[0]
+    small = rng.normal(size=(n_small, 8)) * 0.05 + np.eye(8)[1]
     z = np.vstack([big, small]).astype(np.float32)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    unc = np.concatenate([np.full(300, 0.1), np.full(200, 0.9)]).astype(np.float32)
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def test_herding_picks_the_unlabelled_dense_region_first() -> None:
+    from services.clusterer.review import herding_picks
+
+    z = _two_regions()
     assignment = np.zeros(500, dtype=np.int64)
-    first = _coverage_picks(z, np.zeros(500, dtype=bool), assignment, 1, 1, 0, unc)
-    assert first[0].index < 300 and "300 similar items, mean uncertainty 0.10" in first[0].reason
-    covered = np.zeros(500, dtype=bool)
-    covered[0] = True  # the big region already holds a label: the small one is next
-    nxt = _coverage_picks(z, covered, assignment, 1, 1, 0, unc)
-    assert nxt[0].index >= 300 and "mean uncertainty 0.90" in nxt[0].reason
+    taken = np.zeros(500, dtype=bool)
+    first = herding_picks(z, taken, 1, assignment, np.array([False]))
+    assert first[0].index < 300 and taken[first[0].index]  # the bigger region gains most
+    assert "has no human label" in first[0].reason
+    labelled = np.zeros(500, dtype=bool)
+    labelled[0] = True  # the big region already holds a label: the small one is next
+    nxt = herding_picks(z, labelled, 2, assignment, np.array([True]))
+    assert nxt[0].index >= 300 and "has no human label" not in nxt[0].reason
+    assert len({p.index for p in nxt}) == 2 and nxt[0].priority >= nxt[1].priority
+    # Nothing free: nothing picked.
+    assert herding_picks(z, np.ones(500, dtype=bool), 3, assignment, np.array([True])) == []
+
+
+def test_herding_a_huge_collection_works_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.clusterer import review
+
+    searched: list[int] = []
+    real = review.knn_search
+    monkeypatch.setattr(review, "knn_search", lambda x, k, **kw: (searched.append(x.shape[0]), real(x, k, **kw))[1])
+    monkeypatch.setattr(review, "HERDING_SAMPLE", 200)
+    z = _two_regions(600, 400)
+    assignment = np.zeros(1000, dtype=np.int64)
+    picks = review.herding_picks(z, np.zeros(1000, dtype=bool), 4, assignment, np.array([False]), seed=3)
+    again = review.herding_picks(z, np.zeros(1000, dtype=bool), 4, assignment, np.array([False]), seed=3)
+    assert [p.index for p in picks] == [p.index for p in again]  # seeded: reproducible
+    assert len({p.index for p in picks}) == 4
+    assert searched == [200, 200]  # the graph is built on the sample, never on all 1,000
 
 
 def test_review_batch_never_fills_up_with_near_duplicates(blobs_factory) -> None:  # type: ignore[no-untyped-def]
@@ -228,11 +252,38 @@ def test_encode_labels() -> None:
         ),
         pytest.param(np.ones((5, 4), np.float32), [""] * 5, RoundParams(pca_variance=0.0), "pca_variance", id="pca"),
         pytest.param(np.ones((5, 4), np.float32), [""] * 5, RoundParams(k_min=9, k_max=3), "k_min", id="k-bounds"),
+        pytest.param(
+            np.ones((5, 4), np.float32), [""] * 5, RoundParams(feature_power=0.0), "feature_power", id="power"
+        ),
     ],
 )
 def test_round_rejects_bad_input(x: np.ndarray, labels: list[str], params: RoundParams, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         run_round_core(x, labels, None, params)
+
+
+def test_power_transform_applies_to_non_negative_embeddings_only() -> None:
+    x = np.array([[0.0, 4.0, 9.0], [1.0, 0.25, 16.0]], np.float32)
+    out, power = power_transform(x, 0.5)
+    assert power == 0.5 and np.allclose(out, [[0.0, 2.0, 3.0], [1.0, 0.5, 4.0]])
+    signed = x - 1.0  # CLIP-like: negative values, no transform
+    same, power = power_transform(signed, 0.5)
+    assert power == 1.0 and same is signed
+    off, power = power_transform(x, 1.0)
+    assert power == 1.0 and off is x
+
+
+def test_round_on_non_negative_embeddings_uses_the_power_transform(blobs: Blobs) -> None:
+    # ReLU-like features: the positive part of the blobs in twice the dimensions (still separable).
+    x = np.hstack([np.maximum(blobs.x, 0), np.maximum(-blobs.x, 0)])
+    out = run_round_core(x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=0))
+    raw = run_round_core(x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=0, feature_power=1.0))
+    signed = run_round_core(blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=0))
+    assert out.feature_power == 0.5 and raw.feature_power == 1.0 and signed.feature_power == 1.0
+    truth = _truth_index(blobs, out.class_names)
+    machine = ~blobs.is_human
+    assert (out.predicted[machine] == truth[machine]).mean() >= 0.95
+    assert not np.allclose(out.pca.mean, raw.pca.mean)  # the basis was fitted on the transformed features
 
 
 def test_progress_reports_every_stage(blobs: Blobs) -> None:
@@ -274,48 +325,3 @@ def test_saved_pca_is_reused_only_while_it_applies(blobs: Blobs, tmp_path) -> No
     # A basis for another dimension handed to the round directly is not used.
     wrong = run_round_core(blobs.x[:, :-1], blobs.labels, params=RoundParams(seed=0, review_batch_size=0), pca=saved)
     assert not wrong.pca_reused
-
-
-def test_typical_member_is_the_densest_not_the_nearest_the_centroid() -> None:
-    from services.clusterer.review import _typical_member
-
-    # One region: a tight core and a broad cloud beside it. The centroid falls between them, inside the cloud,
-    # so the member nearest it is a sparse point; the typical one must come from the core.
-    rng = np.random.default_rng(0)
-    core_pts = np.eye(16)[0] + rng.normal(size=(150, 16)) * 0.01
-    noise = np.zeros((150, 16))
-    noise[:, 1:3] = rng.normal(size=(150, 2)) * 0.15
-    cloud = np.eye(16)[0] + 0.3 * np.eye(16)[1] + noise
-    z = np.vstack([core_pts, cloud]).astype(np.float32)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    region = np.arange(300)
-    centroid = z.mean(axis=0)
-    assert np.argmin(((z - centroid) ** 2).sum(axis=1)) >= 150  # the old rule would pick from the cloud
-    taken = np.zeros(300, dtype=bool)
-    first = _typical_member(z, region, taken)
-    assert first is not None and first < 150
-    taken[first] = True
-    second = _typical_member(z, region, taken)
-    assert second is not None and second != first and second < 150
-    taken[:] = True
-    assert _typical_member(z, region, taken) is None
-
-
-def test_typical_member_of_a_huge_region_is_scored_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.clusterer import review
-
-    scored: list[int] = []
-    real = review.typicality
-    monkeypatch.setattr(review, "typicality", lambda zm: (scored.append(zm.shape[0]), real(zm))[1])
-
-    rng = np.random.default_rng(1)
-    n_core, n_cloud = 3000, review.TYPICALITY_SAMPLE * 2
-    core_pts = np.eye(16)[0] + rng.normal(size=(n_core, 16)) * 0.01
-    cloud = np.eye(16)[0] + rng.normal(size=(n_cloud, 16)) * 0.2
-    z = np.vstack([cloud, core_pts]).astype(np.float32)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    taken = np.zeros(z.shape[0], dtype=bool)
-    picked = review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)
-    assert picked is not None and picked >= n_cloud  # from the dense core
-    assert picked == review._typical_member(z, np.arange(z.shape[0]), taken, seed=3)  # seeded: reproducible
-    assert scored == [review.TYPICALITY_SAMPLE] * 2  # never the whole 13,000
