@@ -10,10 +10,9 @@ import numpy as np
 
 from services.clusterer.knn import knn_search
 
-# Below this many human labels per class, review batches are all coverage picks (see select_review). 5, not 10:
-# mixing in uncertainty picks from 5 labels per class on measured about +0.5 points at 60-100 labels on the dev
-# split and -0.3 to +1.2 (CIFAR-10), +0.1 to +0.6 (Fashion-MNIST) on the test split (bench/eval_labeling.py's
-# active-learning curve, 3 seeds); nothing changes below 50 labels.
+# Below this many human labels per class, review batches are all representative picks (see select_review). 5, not
+# 10: with kernel herding, all-herding up to 10 labels per class measured the same on Fashion-MNIST and 0.8 to 1.9
+# points worse on CIFAR-10 at 60-90 labels (dev split, bench/eval_labeling.py's active-learning curve, 3 seeds).
 LOW_BUDGET_PER_CLASS = 5
 # Kernel herding (herding_picks): the kernel reaches each item's 50 nearest neighbours, with a width of
 # HERDING_BANDWIDTH x the median squared distance to the 50th. Chosen on the dev split (bench/eval_labeling.py's
