@@ -47,11 +47,15 @@ def round_params(config: common_pb2.RoundConfig, settings: ClustererSettings) ->
         raise InvalidArgument(f"config.confidence_threshold must be in [0, 1], got {config.confidence_threshold}")
     if config.diversity < 0 or config.diversity > 1:
         raise InvalidArgument(f"config.diversity must be in [0, 1], got {config.diversity}")
+    if config.feature_power < 0 or config.feature_power > 1:
+        raise InvalidArgument(
+            f"config.feature_power must be in [0, 1] (0: default; 1: off), got {config.feature_power}"
+        )
     return RoundParams(
         pca_variance=config.pca_variance or settings.pca_variance,
         pca_components=config.pca_components,
         max_pca_components=settings.max_pca_components,
-        feature_power=settings.feature_power,
+        feature_power=config.feature_power or settings.feature_power,
         k=config.k,
         k_min=config.k_min or settings.k_min,
         k_max=config.k_max or settings.k_max,
@@ -294,7 +298,7 @@ class ClustererService(clusterer_pb2_grpc.ClustererServicer):
                 for c in out.clusters
             ],
             class_counts=out.class_counts(), duration_seconds=seconds, artifact_uri=artifact_path,
-            labels_written=written, pca_reused=out.pca_reused,
+            labels_written=written, pca_reused=out.pca_reused, feature_power=out.feature_power,
         )
 
     @staticmethod

@@ -38,7 +38,7 @@ class ClustererSettings(ServiceSettings):
     feature_power: float = Field(
         0.5, gt=0, le=1,
         description="Power transform (x^p) of non-negative embeddings, such as pooled CNN features, before PCA; "
-        "embeddings with negative values are used as they are; 1 turns it off.",
+        "embeddings with negative values are used as they are; 1 turns it off (per round: RoundConfig.feature_power).",
     )
     k_min: int = Field(0, ge=0, description="0: the number of classes (at least 2).")
     k_max: int = Field(0, ge=0, description="0: derived from the number of classes and points.")

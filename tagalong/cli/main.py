@@ -204,11 +204,15 @@ def label(
     seed: int = typer.Option(0, help="Random seed."),
     refit_pca: bool = typer.Option(False, help="Fit the PCA basis again instead of reusing the dataset's."),
     recluster: bool = typer.Option(True, help="Let refinement split clusters whose labels disagree."),
+    feature_power: float = typer.Option(
+        0.0, help="Power transform x^p of non-negative embeddings before PCA, in (0, 1] (0: the service's 0.5; 1: off)."
+    ),
     wait: bool = typer.Option(True, help="Follow the round until it ends."),
 ) -> None:
     """Run a labelling round."""
     reply = STATE.client.start_round(dataset, k=k, review_batch_size=review_size, confidence_threshold=confidence,
-                                     seed=seed, refit_pca=refit_pca, disable_recluster=not recluster)
+                                     seed=seed, refit_pca=refit_pca, disable_recluster=not recluster,
+                                     feature_power=feature_power)
     console.print(f"round [bold]{reply.round_id}[/bold] (job {reply.job_id})")
     if wait:
         job = _follow(reply.job_id)

@@ -188,6 +188,22 @@ async def test_pca_basis_is_kept_per_dataset_and_reused(stack: Stack) -> None:
     assert other_settings.summary.pca_components == 5
 
 
+async def test_feature_power_follows_the_config_and_the_embeddings(stack: Stack) -> None:
+    # Non-negative embeddings (like pooled CNN features): the default square root, or none when the config says 1.
+    relu = make_blobs(n=200, n_classes=4, dim=32, per_class_labels=3, spread=0.3, seed=12)
+    x = np.abs(relu.x)
+    nonneg = Blobs(x / np.linalg.norm(x, axis=1, keepdims=True), relu.y, relu.centres, relu.class_names, relu.labels)
+    other = Stack(stack.clusterer, stack.store, f"{stack.dataset}_relu", nonneg, np.zeros(0), stack.artifact_dir)
+    await _load(stack.store, other.dataset, nonneg)
+    _, default = await _run_round(other, seed=1)
+    _, off = await _run_round(other, seed=1, feature_power=1.0)
+    _, signed = await _run_round(stack, seed=1, feature_power=0.5)
+    assert default.summary.feature_power == 0.5 and off.summary.feature_power == 1.0
+    assert signed.summary.feature_power == 1.0  # embeddings with negative values are never transformed
+    # A different transform is a different basis: the saved PCA is not reused across powers.
+    assert not off.summary.pca_reused
+
+
 async def test_round_without_write_labels_writes_nothing(stack: Stack) -> None:
     _, result = await _run_round(stack, write_labels=False)
     assert result.summary.labels_written == 0 and result.summary.propagated > 0
@@ -204,6 +220,9 @@ async def test_round_without_write_labels_writes_nothing(stack: Stack) -> None:
         pytest.param(
             {"config": common_pb2.RoundConfig(confidence_threshold=2.0)}, grpc.StatusCode.INVALID_ARGUMENT,
             id="bad-threshold",
+        ),
+        pytest.param(
+            {"config": common_pb2.RoundConfig(feature_power=2.0)}, grpc.StatusCode.INVALID_ARGUMENT, id="bad-power",
         ),
     ],
 )

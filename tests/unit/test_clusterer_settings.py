@@ -45,6 +45,9 @@ def test_round_config_zero_fields_take_service_defaults() -> None:
     assert (q.k, q.pca_components, q.seed) == (12, 16, 5)
     assert (q.confidence_threshold, q.diversity) == pytest.approx((0.7, 0.2))
     assert not q.label_spreading and q.self_training
+    assert p.feature_power == 0.5 and q.feature_power == 0.5  # the service default
+    assert round_params(common_pb2.RoundConfig(feature_power=1.0), settings).feature_power == 1.0
+    assert round_params(common_pb2.RoundConfig(), ClustererSettings(feature_power=0.25)).feature_power == 0.25
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,8 @@ def test_round_config_zero_fields_take_service_defaults() -> None:
         pytest.param(common_pb2.RoundConfig(confidence_threshold=1.2), id="threshold"),
         pytest.param(common_pb2.RoundConfig(pca_variance=-0.1), id="variance"),
         pytest.param(common_pb2.RoundConfig(diversity=3), id="diversity"),
+        pytest.param(common_pb2.RoundConfig(feature_power=1.5), id="power-above-1"),
+        pytest.param(common_pb2.RoundConfig(feature_power=-0.5), id="negative-power"),
     ],
 )
 def test_round_config_out_of_range(config: common_pb2.RoundConfig) -> None:
