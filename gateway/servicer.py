@@ -26,6 +26,7 @@ from gateway.registry import DatasetMeta, Registry, check_classes, check_dataset
 from gateway.settings import GatewaySettings
 from tagalong.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from tagalong.runtime.ids import id_from_sha256
+from tagalong.runtime.rounds import check_round_config
 from tagalong.runtime.settings import SettingError
 from tagalong.runtime.vectors import from_proto, l2_normalize, to_proto
 from tagalong.v1 import (
@@ -310,6 +311,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def StartLabelingRound(self, request: gateway_pb2.StartLabelingRoundRequest, context: Any) -> Any:
         meta = await self.registry.dataset(request.dataset)
+        check_round_config(request.config)  # now, not as a FAILED job after the round is queued
         config = common_pb2.RoundConfig()
         config.CopyFrom(request.config)
         config.write_labels = True

@@ -23,6 +23,7 @@ from services.clusterer.threads import limited_threads
 from services.clusterer.zeroshot import class_embeddings, zero_shot_probs
 from tagalong.runtime.channels import make_channel
 from tagalong.runtime.errors import FailedPrecondition, InvalidArgument
+from tagalong.runtime.rounds import check_round_config
 from tagalong.runtime.settings import SettingError
 from tagalong.runtime.vectors import stack
 from tagalong.v1 import clusterer_pb2, clusterer_pb2_grpc, common_pb2, labelstore_pb2
@@ -41,16 +42,7 @@ _TOP_CLASSES = 3
 
 def round_params(config: common_pb2.RoundConfig, settings: ClustererSettings) -> RoundParams:
     """A RoundConfig with its zero fields replaced by the service defaults."""
-    if config.pca_variance < 0 or config.pca_variance > 1:
-        raise InvalidArgument(f"config.pca_variance must be in [0, 1], got {config.pca_variance}")
-    if config.confidence_threshold < 0 or config.confidence_threshold > 1:
-        raise InvalidArgument(f"config.confidence_threshold must be in [0, 1], got {config.confidence_threshold}")
-    if config.diversity < 0 or config.diversity > 1:
-        raise InvalidArgument(f"config.diversity must be in [0, 1], got {config.diversity}")
-    if config.feature_power < 0 or config.feature_power > 1:
-        raise InvalidArgument(
-            f"config.feature_power must be in [0, 1] (0: default; 1: off), got {config.feature_power}"
-        )
+    check_round_config(config)
     return RoundParams(
         pca_variance=config.pca_variance or settings.pca_variance,
         pca_components=config.pca_components,

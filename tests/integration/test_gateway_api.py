@@ -16,7 +16,7 @@ from grpc import aio
 from gateway.jobs import JobStore, Outcome
 from gateway.keys import Keys
 from gateway.registry import DatasetMeta, Registry
-from tagalong.v1 import gateway_pb2, gateway_pb2_grpc
+from tagalong.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.fixtures.gateway import clean_redis, gateway_settings, running_gateway
 
 # Nothing listens there: these tests must be answered by the gateway itself.
@@ -179,6 +179,9 @@ async def test_submit_labels_validation(api: gateway_pb2_grpc.GatewayStub, label
                      grpc.StatusCode.INVALID_ARGUMENT, id="bad-dims"),
         pytest.param(lambda s: s.ZeroShot(gateway_pb2.GatewayZeroShotRequest(dataset="pets", class_names=["cat"])),
                      grpc.StatusCode.INVALID_ARGUMENT, id="one-class"),
+        pytest.param(lambda s: s.StartLabelingRound(gateway_pb2.StartLabelingRoundRequest(
+                         dataset="pets", config=common_pb2.RoundConfig(feature_power=3.0))),
+                     grpc.StatusCode.INVALID_ARGUMENT, id="bad-round-config"),
         pytest.param(lambda s: s.SearchByText(gateway_pb2.SearchByTextRequest(dataset="pets", text="a cat")),
                      grpc.StatusCode.UNAVAILABLE, id="embedder-down-is-unavailable"),
     ],

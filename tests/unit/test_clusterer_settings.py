@@ -58,6 +58,7 @@ def test_round_config_zero_fields_take_service_defaults() -> None:
         pytest.param(common_pb2.RoundConfig(diversity=3), id="diversity"),
         pytest.param(common_pb2.RoundConfig(feature_power=1.5), id="power-above-1"),
         pytest.param(common_pb2.RoundConfig(feature_power=-0.5), id="negative-power"),
+        pytest.param(common_pb2.RoundConfig(diversity=float("nan")), id="nan"),
     ],
 )
 def test_round_config_out_of_range(config: common_pb2.RoundConfig) -> None:
