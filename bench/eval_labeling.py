@@ -229,18 +229,12 @@ def _row_precision(rows: list[Row]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _pooled_precision(precisions: list[float], coverages: list[float]) -> float:
-    """Seeds' precisions pooled by how much each labelled (same number of candidates per seed)."""
-    pairs = [(p, c) for p, c in zip(precisions, coverages, strict=True) if c > 0 and np.isfinite(p)]
-    total = sum(c for _, c in pairs)
-    return sum(p * c for p, c in pairs) / total if total else float("nan")
-
-
-def _at_threshold(out: Any, y: np.ndarray, machine: np.ndarray, th: float) -> tuple[float, float, float]:
-    """(threshold, coverage, precision) of our guesses with confidence >= th."""
+def _at_threshold(out: Any, y: np.ndarray, machine: np.ndarray, th: float) -> tuple[float, float, float, int, int]:
+    """(threshold, coverage, precision, items labelled, of those right) of our guesses with confidence >= th."""
     sel = machine & (out.confidence >= th)
-    precision = float((out.predicted[sel] == y[sel]).mean()) if sel.any() else float("nan")
-    return th, float(sel.sum() / machine.sum()), precision
+    right = int((out.predicted[sel] == y[sel]).sum())
+    precision = right / int(sel.sum()) if sel.any() else float("nan")
+    return th, float(sel.sum() / machine.sum()), precision, int(sel.sum()), right
 
 
 def active_learning(ds: LabelledSet, budget: int, step: int, seeds: list[int]) -> dict[str, np.ndarray]:
@@ -366,8 +360,9 @@ def _report(results: dict[str, Any], args: argparse.Namespace, plots: list[Path]
         for per in sorted({r.per_class for r in rows}):
             pts = [v for k, v in res["curves"].items() if k.startswith(f"{per}/")]
             for ti, th in enumerate(THRESHOLDS):
+                labelled, right = sum(p[ti][3] for p in pts), sum(p[ti][4] for p in pts)
                 th_rows.append([per, th, f"{np.mean([p[ti][1] for p in pts]):.3f}",
-                                f"{_pooled_precision([p[ti][2] for p in pts], [p[ti][1] for p in pts]):.3f}"])
+                                f"{right / labelled:.3f}" if labelled else "nan"])
         text += table(["labels/class", "threshold", "coverage", "precision"], th_rows)
         curve = res["active"]
         target, needed = labels_to_match(curve)
