@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.clusterer import core
 from services.clusterer.core import (
+    EVIDENCE,
     SOURCE_HUMAN,
     SOURCE_NONE,
     SOURCE_PROPAGATED,
@@ -13,6 +15,7 @@ from services.clusterer.core import (
     encode_labels,
     power_transform,
     run_round_core,
+    seed_distance,
 )
 from tagalong.runtime.errors import InvalidArgument
 from tests.fixtures.clusterer import Blobs, make_blobs
@@ -325,3 +328,42 @@ def test_saved_pca_is_reused_only_while_it_applies(blobs: Blobs, tmp_path) -> No
     # A basis for another dimension handed to the round directly is not used.
     wrong = run_round_core(blobs.x[:, :-1], blobs.labels, params=RoundParams(seed=0, review_batch_size=0), pca=saved)
     assert not wrong.pca_reused
+
+
+def test_seed_distance_is_the_log_distance_to_the_nearest_seed_of_the_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 8)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    pred = rng.integers(-1, 3, 300)  # -1: no prediction; class 2 has no seed
+    seeds = np.full(300, -1)
+    seeds[:20] = rng.integers(0, 2, 20)
+    got = seed_distance(z, pred, seeds, typical=0.5, rng=np.random.default_rng(0), batch=7)
+    for i in range(300):
+        same = np.flatnonzero(seeds == pred[i]) if pred[i] >= 0 else np.array([], dtype=int)
+        if same.size == 0:
+            assert got[i] == pytest.approx(np.log(10.0))  # the maximum: nothing vouches for it
+        else:
+            dist = 1.0 - float((z[same] @ z[i]).max())
+            assert got[i] == pytest.approx(np.log(np.clip(max(dist, 1e-6) / 0.5, 0.1, 10.0)), abs=1e-5)
+    # Above the cap a random subset of a class's seeds is used: never closer than the full set.
+    monkeypatch.setattr(core, "SEED_DISTANCE_MAX_SEEDS", 3)
+    capped = seed_distance(z, pred, seeds, typical=0.5, rng=np.random.default_rng(0))
+    assert np.all(capped >= got - 1e-6) and np.any(capped > got + 1e-3)
+
+
+def test_confidence_falls_with_distance_from_the_human_labels(blobs: Blobs) -> None:
+    """Same class, same neighbourhood evidence otherwise: the point farther from every human example of its
+    class gets the lower confidence (one example cannot vouch for a far-off region reached through the graph)."""
+    params = RoundParams(seed=0, max_iterations=0, review_batch_size=0)
+    out = run_round_core(blobs.x, blobs.labels, blobs.is_human, params)
+    assert out.evidence is not None
+    col = EVIDENCE.index("seed_distance")
+    machine = ~blobs.is_human & (out.predicted >= 0)
+    assert np.ptp(out.evidence[machine, col]) > 0.1
+    weights = np.array([core.CALIBRATION[name] for name in EVIDENCE])
+    without = out.evidence[machine].astype(np.float64) @ weights - weights[col] * out.evidence[machine, col]
+    logit = np.log(out.confidence[machine] / (1.0 - out.confidence[machine])) - core.CALIBRATION["intercept"]
+    # The distance term alone explains the rest of each point's logit, and it lowers the far points.
+    assert np.allclose(logit - without, weights[col] * out.evidence[machine, col], atol=1e-3)
+    far = out.evidence[machine, col] > np.median(out.evidence[machine, col])
+    assert (logit - without)[far].mean() < (logit - without)[~far].mean()
