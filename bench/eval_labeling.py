@@ -111,7 +111,7 @@ def _human_labels(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 def _ours(x: np.ndarray, lab: np.ndarray, names: list[str], seed: int, review: int = 0) -> Any:
     from services.clusterer.core import RoundParams, run_round_core
 
-    params = RoundParams(seed=seed, review_batch_size=review, max_iterations=2)
+    params = RoundParams(seed=seed, review_batch_size=review)  # the service defaults otherwise
     return run_round_core(x, lab, lab >= 0, params, class_names=names, threads=THREADS)
 
 

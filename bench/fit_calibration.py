@@ -34,7 +34,7 @@ def evidence(
             for seed in seeds:
                 lab = _human_labels(ds.y, per, seed)
                 res = core.run_round_core(
-                    x, lab, lab >= 0, core.RoundParams(seed=seed, review_batch_size=0, max_iterations=2),
+                    x, lab, lab >= 0, core.RoundParams(seed=seed, review_batch_size=0),
                     class_names=ds.class_names, threads=1,
                 )
                 machine = lab < 0
