@@ -116,7 +116,8 @@ def fuzz_section(base: Path, stores: rel.PrivateStores, model: Path, per_rpc: in
              ", ".join(f"{_code_name(c)} {n}" for c, n in t.item_codes.most_common()) or "-"]
             for name, t in per_service.items()]
     text = "## 1. Bad input: fuzzing every public RPC\n\n"
-    text += (f"Hypothesis-generated requests built from the proto descriptors ({per_rpc} per RPC, 41 RPCs of the "
+    n_rpcs = sum(len(rel.rpc_targets(full)) for full in SERVICE_OF)
+    text += (f"Hypothesis-generated requests built from the proto descriptors ({per_rpc} per RPC, {n_rpcs} RPCs of the "
              "gateway, embedder, label store and clusterer; fields steered to real dataset names, ids, jobs, "
              "image bytes, risky paths, NaN/inf and wrong-dimension vectors, quotes/backslashes/`\" or 1==1` "
              "filters, huge and unicode strings), plus every file of the bad-image corpus (truncated, bit-flipped, "

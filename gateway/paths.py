@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 
-from tagalong.runtime.errors import NotFound, ServiceError
+from tagalong.runtime.errors import InvalidArgument, NotFound, ServiceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -43,8 +44,17 @@ def check_path(raw: str, roots: Sequence[Path]) -> Path:
     real = Path(os.path.realpath(candidate))
     if not _under(real, _real_roots(roots)):
         raise PermissionDenied(f"path {raw!r} is outside the gateway's allowed roots")
-    if not real.exists():
-        raise NotFound(f"path {raw!r} does not exist")
+    try:
+        real.stat()
+    except FileNotFoundError:
+        raise NotFound(f"path {raw!r} does not exist") from None
+    except OSError as err:  # a caller's path the file system refuses to look up: never an internal error
+        if err.errno == errno.EACCES:
+            raise PermissionDenied(f"path {raw!r} cannot be read by the gateway") from None
+        if err.errno == errno.ENOTDIR:
+            raise NotFound(f"path {raw!r} does not exist (a part of it is a file)") from None
+        reason = "a name in it is too long" if err.errno == errno.ENAMETOOLONG else (err.strerror or str(err))
+        raise InvalidArgument(f"path {raw!r} is not usable: {reason}") from None
     return real
 
 
@@ -65,5 +75,9 @@ def walk_images(raw: str, roots: Sequence[Path]) -> Iterator[Path]:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             real = Path(os.path.realpath(path))
-            if real.is_file() and _under(real, real_roots):
+            try:
+                usable = real.is_file()
+            except OSError:  # e.g. a resolved path over PATH_MAX: skipped like an escaping symlink
+                continue
+            if usable and _under(real, real_roots):
                 yield path

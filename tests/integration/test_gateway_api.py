@@ -82,6 +82,8 @@ async def _ingest_code(stub: gateway_pb2_grpc.GatewayStub, requests: list[gatewa
                      id="symlink-escaping"),
         pytest.param(lambda r: [_header(), _path(f"{r}/missing.jpg")], grpc.StatusCode.NOT_FOUND, "does not exist",
                      id="missing-file"),
+        pytest.param(lambda r: [_header(), _path(f"{r}/{'a' * 300}.jpg")], grpc.StatusCode.INVALID_ARGUMENT,
+                     "too long", id="name-over-255-bytes"),
         pytest.param(lambda r: [_content(b"x")], grpc.StatusCode.INVALID_ARGUMENT, "header", id="no-header"),
         pytest.param(lambda r: [], grpc.StatusCode.INVALID_ARGUMENT, "empty", id="empty-stream"),
         pytest.param(lambda r: [_header("nope"), _content(b"x")], grpc.StatusCode.NOT_FOUND, "no dataset",

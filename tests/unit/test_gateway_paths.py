@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.paths import PermissionDenied, check_path, walk_images
-from tagalong.runtime.errors import NotFound
+from tagalong.runtime.errors import InvalidArgument, NotFound
 
 
 @pytest.fixture()
@@ -74,3 +74,21 @@ def test_a_root_given_through_a_symlink_still_works(tree: tuple[Path, Path], tmp
     root, _ = tree
     os.symlink(root, tmp_path / "root_link")
     assert check_path(str(tmp_path / "root_link" / "a.jpg"), [tmp_path / "root_link"]) == root / "a.jpg"
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        pytest.param("a" * 300, InvalidArgument, "too long", id="name-over-255-bytes"),
+        pytest.param("a.jpg/inner.jpg", NotFound, "a part of it is a file", id="file-as-directory"),
+    ],
+)
+def test_paths_the_file_system_refuses_get_caller_errors(tree: tuple[Path, Path], name: str,
+                                                         error: type[Exception], match: str) -> None:
+    """Regression (fuzzing found it): a 300-byte file name made stat() raise OSError, which reached the
+    caller as INTERNAL."""
+    root, _ = tree
+    with pytest.raises(error, match=match):
+        check_path(f"{root}/{name}", [root])
+    with pytest.raises(error, match=match):
+        list(walk_images(f"{root}/{name}", [root]))
