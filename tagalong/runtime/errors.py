@@ -6,6 +6,8 @@ matching code and the message. Anything else that escapes a handler is a bug: IN
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 
 
@@ -49,3 +51,35 @@ class DeadlineExceeded(ServiceError):
 
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+# gRPC sends the status message percent-encoded in the grpc-message trailer. A client refuses trailers over its
+# metadata limit (8 KiB soft, 16 KiB hard by default) and then reports RESOURCE_EXHAUSTED "Stream removed"
+# instead of the real status, so a message that quotes a huge input (a 20 kB path) would lose its code.
+MAX_DETAILS_BYTES = 2048
+
+
+def _wire_bytes(text: str) -> int:
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode("utf-8", "surrogatepass"))
+
+
+def clip_details(message: str, limit: int = MAX_DETAILS_BYTES) -> str:
+    """`message` cut in the middle so that its percent-encoded form (what goes on the wire) stays within `limit`
+    bytes. The start and the end, where the reason usually is, are kept: two thirds and one third of the room."""
+    if len(message) * 12 <= limit or _wire_bytes(message) <= limit:  # 12: the most a character can take
+        return message
+    room = limit - 64  # for the note in the middle
+
+    def fit(chars: Iterable[str], budget: float) -> int:
+        n = used = 0
+        for ch in chars:
+            used += _wire_bytes(ch)
+            if used > budget:
+                break
+            n += 1
+        return n
+
+    head = fit(message, 2 * room / 3)
+    tail = fit(reversed(message[head:]), room - _wire_bytes(message[:head]))
+    cut = len(message) - head - tail
+    return f"{message[:head]} … [{cut} characters cut] … {message[len(message) - tail:]}"

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from tagalong.runtime.errors import ServiceError
+from tagalong.runtime.errors import ServiceError, clip_details
 from tagalong.runtime.logs import request_id_var
 from tagalong.runtime.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REJECTED
 
@@ -101,7 +101,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
 
         async def _handle_error(exc: BaseException, context: aio.ServicerContext) -> None:
             if isinstance(exc, ServiceError):
-                await context.abort(exc.code, exc.message)
+                await context.abort(exc.code, clip_details(exc.message))
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
 

@@ -48,6 +48,8 @@ class EchoService(embedder_pb2_grpc.EmbedderServicer):
             await asyncio.sleep(float(first.split(b":")[1]))
         elif first == b"bad":
             raise InvalidArgument("images[0]: not an image")
+        elif first.startswith(b"quote:"):  # an error message that quotes the (possibly huge) input
+            raise InvalidArgument(f"images[0] {first.decode(errors='replace')!r} is not an image")
         elif first == b"boom":
             raise RuntimeError("a bug")
         elif first == b"unavailable" and self.calls["unavailable"] < 3:

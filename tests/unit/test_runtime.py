@@ -18,9 +18,12 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tagalong.devstack.milvus_server import free_port
 from tagalong.runtime.channels import make_channel, service_config
+from tagalong.runtime.errors import clip_details
 from tagalong.runtime.logs import request_id_var
 from tagalong.runtime.server import run_server, start_server, stop_server
 from tagalong.runtime.settings import ClientSettings, ServiceSettings, load_settings
@@ -112,6 +115,32 @@ async def test_errors_map_to_status_codes(payload: bytes, code: grpc.StatusCode,
             await stub.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[payload]), timeout=5)
         assert info.value.code() == code
         assert text in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("quoted", ["x" * 50_000, "é" * 20_000, "%" * 30_000], ids=["ascii", "utf8", "percent"])
+async def test_huge_error_message_keeps_its_code(quoted: str) -> None:
+    """An error quoting a huge input must not outgrow the client's trailer limit (16 KiB): the client would
+    get RESOURCE_EXHAUSTED "Stream removed" instead of the real code. The start and the reason at the end stay."""
+    async with run_server(EchoService(), _settings()) as running, aio.insecure_channel(running.address) as ch:
+        stub = embedder_pb2_grpc.EmbedderStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[f"quote:{quoted}".encode()]), timeout=5)
+        details = info.value.details() or ""
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details[:200]
+        assert details.startswith("images[0] 'quote:") and details.endswith("is not an image")
+        assert "characters cut" in details
+
+
+@given(st.text(max_size=3000), st.integers(min_value=200, max_value=4000))
+def test_clip_details_fits_the_wire_limit(message: str, limit: int) -> None:
+    clipped = clip_details(message, limit)
+    wire = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in clipped.encode("utf-8", "surrogatepass"))
+    assert wire <= limit
+    if clipped != message:
+        head, _, rest = clipped.partition(" … [")
+        tail = rest.split("] … ", 1)[1]
+        assert message.startswith(head) and message.endswith(tail)
+        assert len(head) + len(tail) + int(rest.split(" ", 1)[0]) == len(message)
 
 
 async def test_request_id_travels_through_the_client_channel() -> None:
