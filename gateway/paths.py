@@ -46,13 +46,14 @@ def check_path(raw: str, roots: Sequence[Path]) -> Path:
         raise PermissionDenied(f"path {raw!r} is outside the gateway's allowed roots")
     try:
         real.stat()
+    # A caller's path the file system refuses to look up is the caller's error, never an internal one.
     except FileNotFoundError:
         raise NotFound(f"path {raw!r} does not exist") from None
-    except OSError as err:  # a caller's path the file system refuses to look up: never an internal error
-        if err.errno == errno.EACCES:
-            raise PermissionDenied(f"path {raw!r} cannot be read by the gateway") from None
-        if err.errno == errno.ENOTDIR:
-            raise NotFound(f"path {raw!r} does not exist (a part of it is a file)") from None
+    except NotADirectoryError:
+        raise NotFound(f"path {raw!r} does not exist (a part of it is a file)") from None
+    except PermissionError:
+        raise PermissionDenied(f"path {raw!r} cannot be read by the gateway") from None
+    except OSError as err:
         reason = "a name in it is too long" if err.errno == errno.ENAMETOOLONG else (err.strerror or str(err))
         raise InvalidArgument(f"path {raw!r} is not usable: {reason}") from None
     return real

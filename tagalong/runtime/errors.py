@@ -66,7 +66,7 @@ def _wire_bytes(text: str) -> int:
 def clip_details(message: str, limit: int = MAX_DETAILS_BYTES) -> str:
     """`message` cut in the middle so that its percent-encoded form (what goes on the wire) stays within `limit`
     bytes. The start and the end, where the reason usually is, are kept: two thirds and one third of the room."""
-    if len(message) * 12 <= limit or _wire_bytes(message) <= limit:  # 12: the most a character can take
+    if _wire_bytes(message) <= limit:
         return message
     room = limit - 64  # for the note in the middle
 
