@@ -1,19 +1,22 @@
-"""Uncertainty scores and the human-review batch: representative items (kernel herding) mixed with uncertain,
-diverse ones (k-center greedy)."""
+"""Uncertainty scores and the human-review batch: kernel herding over the collection, weighted by uncertainty
+once there are enough labels (representative items of the regions the round is unsure about)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.clusterer.knn import knn_search
 
-# Below this many human labels per class, review batches are all representative picks (see select_review). 5, not
-# 10: with kernel herding, all-herding up to 10 labels per class measured the same on Fashion-MNIST and 0.8 to 1.9
-# points worse on CIFAR-10 at 60-90 labels (dev split, bench/eval_labeling.py's active-learning curve, 3 seeds).
-LOW_BUDGET_PER_CLASS = 5
+# Below this many human labels per class, review batches are plain herding (see select_review). Chosen on the dev
+# split (bench/eval_labeling.py's active-learning curve, 3 seeds) with the uncertainty-weighted herding above it:
+# mean accuracy over 50-100 labels 3: 0.644 / 0.817, 4: 0.641 / 0.820, 5: 0.636 / 0.819 (CIFAR-10 / Fashion-MNIST);
+# but 3 costs CIFAR-10 2.3 points at 40 labels (0.591 against 0.614). (Against the k-center greedy mix used before,
+# all-herding up to 10 labels per class had measured the same on Fashion-MNIST and 0.8 to 1.9 points worse on
+# CIFAR-10 at 60-90 labels.)
+LOW_BUDGET_PER_CLASS = 4
 # Kernel herding (herding_picks): the kernel reaches each item's 50 nearest neighbours, with a width of
 # HERDING_BANDWIDTH x the median squared distance to the 50th. Chosen on the dev split (bench/eval_labeling.py's
 # active-learning curve, 3 seeds) over TypiClust (the densest item of each uncovered k-means region, which this
@@ -24,6 +27,13 @@ HERDING_NEIGHBOURS = 50
 HERDING_BANDWIDTH = 2.0
 # Collections above this many items are herded on a seeded sample of this size (bounded cost at 1M).
 HERDING_SAMPLE = 50_000
+# From LOW_BUDGET_PER_CLASS labels per class on, herding weighs each item by uncertainty ** (UNCERTAINTY_POWER x
+# (1 - diversity)): power 2 at the default diversity 0.5, plain herding at diversity 1. Chosen on the dev split
+# (bench/eval_labeling.py's active-learning curve, 3 seeds) over the k-center greedy pick among the most uncertain
+# items that it replaced; at 60-100 labels (switching at 5 labels per class), powers 1 and 2 against it:
+# CIFAR-10 +0.2..+1.9 and +1.2..+2.8 points, Fashion-MNIST +1.0..+1.4 and +1.4..+1.6 points. Power 4: CIFAR-10
+# +1.0..+2.3, Fashion-MNIST +0.9..+1.6.
+UNCERTAINTY_POWER = 4.0
 
 
 @dataclass(frozen=True)
@@ -81,14 +91,16 @@ def _describe(i: int, probs: np.ndarray, unc: Uncertainty, assignment: np.ndarra
 
 def herding_picks(
     z: np.ndarray, taken: np.ndarray, quota: int, assignment: np.ndarray, cluster_has_human: np.ndarray,
-    seed: int = 0,
+    seed: int = 0, weights: np.ndarray | None = None, describe: Callable[[int], str] | None = None,
 ) -> list[ReviewPick]:
     """Representative items by kernel herding (MaxHerding, Bae et al. 2024): each pick is the item that most
-    raises the generalized coverage sum_i max_{s labelled or picked} k(z_i, z_s), with a Gaussian kernel over each
-    item's HERDING_NEIGHBOURS nearest neighbours. Dense regions nobody has labelled give the biggest gains, and an
-    item near a label gains little, so a batch spreads over the data without clustering first. Collections above
-    HERDING_SAMPLE items are herded on a seeded sample of that size (coverage by labels still counts them all).
-    Marks the picks in `taken`."""
+    raises the generalized coverage sum_i w_i max_{s labelled or picked} k(z_i, z_s), with a Gaussian kernel over
+    each item's HERDING_NEIGHBOURS nearest neighbours. Dense regions nobody has labelled give the biggest gains, and
+    an item near a label gains little, so a batch spreads over the data without clustering first. `weights` (per
+    item, in [0, 1]; default all 1) make some items worth covering more than others: uncertain ones, so that a pick
+    is the most representative item of a region the round is unsure about, and one pick covers its near-duplicates.
+    Collections above HERDING_SAMPLE items are herded on a seeded sample of that size (coverage by labels still
+    counts them all). `describe(i)` words a weighted pick's reason. Marks the picks in `taken`."""
     n = z.shape[0]
     free_all = np.flatnonzero(~taken)
     if quota <= 0 or free_all.size == 0:
@@ -101,6 +113,7 @@ def herding_picks(
         picks = free_all[:quota]
         taken[picks] = True
         return [ReviewPick(int(i), 0.5, "representative item; cluster " + str(int(assignment[i]))) for i in picks]
+    w = np.ones(m) if weights is None else np.clip(np.asarray(weights, dtype=np.float64)[rows], 0.0, 1.0)
     zs = np.ascontiguousarray(z[rows], dtype=np.float32)
     sims, nb = knn_search(zs, min(HERDING_NEIGHBOURS, m - 1), seed=seed)
     d2 = np.maximum(2.0 - 2.0 * sims.astype(np.float64), 0.0)
@@ -117,7 +130,7 @@ def herding_picks(
     out: list[ReviewPick] = []
     width = kern.shape[1] + 1
     while len(out) < quota and free.any():
-        gain = np.maximum(kern - cover[nb], 0.0).sum(axis=1) + np.maximum(1.0 - cover, 0.0)
+        gain = (np.maximum(kern - cover[nb], 0.0) * w[nb]).sum(axis=1) + w * np.maximum(1.0 - cover, 0.0)
         gain[~free] = -np.inf
         j = int(np.argmax(gain))
         free[j] = False
@@ -126,9 +139,12 @@ def herding_picks(
         cover[nb[j]] = np.maximum(cover[nb[j]], kern[j])
         cover[j] = 1.0
         c = int(assignment[i])
-        unlabelled = "" if cluster_has_human[c] else ", which has no human label"
-        reason = (f"representative of an unlabelled neighbourhood (covers {gain[j]:.1f} of its {width - 1} "
-                  f"neighbours and itself); cluster {c}{unlabelled}")
+        if weights is None or describe is None:
+            unlabelled = "" if cluster_has_human[c] else ", which has no human label"
+            reason = (f"representative of an unlabelled neighbourhood (covers {gain[j]:.1f} of its {width - 1} "
+                      f"neighbours and itself); cluster {c}{unlabelled}")
+        else:
+            reason = f"{describe(i)}; representative of an uncertain neighbourhood (weighted coverage {gain[j]:.1f})"
         out.append(ReviewPick(i, 0.5 + 0.5 * float(gain[j]) / width, reason))
     return out
 
@@ -145,57 +161,26 @@ def select_review(
     batch_size: int,
     diversity: float,
     seed: int = 0,
-    pool_factor: int = 10,
 ) -> list[ReviewPick]:
-    """Most useful items for a person to label, most useful first.
+    """Most useful items for a person to label, most useful first, by kernel herding (herding_picks):
 
-    1. Representative items by kernel herding (herding_picks) for a `diversity` share of the batch (all of it
-       below LOW_BUDGET_PER_CLASS human labels per class, where single uncertain points are unreliable picks
-       but dense unlabelled regions are not).
-    2. k-center greedy over the most uncertain items: each pick maximises
-       (1 - diversity) * uncertainty + diversity * distance to everything labelled or picked,
-       so no batch holds 20 near-identical images.
+    - below LOW_BUDGET_PER_CLASS human labels per class, plain herding: representative items of the regions no
+      label covers yet (uncertainty is unreliable with so few labels; TypiClust, Hacohen et al. 2022);
+    - from there on, herding with each item weighted by its combined uncertainty ** (UNCERTAINTY_POWER x
+      (1 - diversity)): the picks are representative items of the regions the round is unsure about. Coverage
+      keeps a batch spread out (no 20 near-identical images in one batch); diversity 1 is plain herding.
     """
     n = z.shape[0]
     if batch_size <= 0 or n == 0:
         return []
-    picks: list[ReviewPick] = []
     taken = np.zeros(n, dtype=bool)
     taken[is_human] = True
     n_classes = max(probs.shape[1], 1)
-    if int(is_human.sum()) < LOW_BUDGET_PER_CLASS * n_classes:
-        # Low-budget regime: representative items beat uncertain ones (uncertainty is unreliable with few
-        # labels; see TypiClust, Hacohen et al. 2022), so coverage takes the whole batch.
-        coverage_quota = batch_size
-    else:
-        coverage_quota = round(diversity * batch_size)
-    if coverage_quota > 0:
-        picks += herding_picks(z, taken, coverage_quota, assignment, cluster_has_human, seed)
-    remaining = batch_size - len(picks)
-    free = np.flatnonzero(~taken)
-    if remaining <= 0 or free.size == 0:
-        return picks
-    pool_size = min(free.size, max(pool_factor * remaining, 200))
-    pool = free[np.argsort(-unc.combined[free], kind="stable")[:pool_size]]
-    zp = z[pool]
-    anchors = np.flatnonzero(taken)
-    dmin = np.ones(pool.size, dtype=np.float32)
-    if anchors.size:
-        dmin = np.full(pool.size, np.inf, dtype=np.float32)
-        for start in range(0, anchors.size, 4096):
-            a = z[anchors[start : start + 4096]]
-            d = np.sqrt(np.maximum(((zp**2).sum(1)[:, None] - 2 * zp @ a.T + (a**2).sum(1)[None, :]), 0))
-            dmin = np.minimum(dmin, d.min(axis=1))
-    scale = float(np.max(dmin)) if np.isfinite(dmin).all() and dmin.size else 1.0
-    u = unc.combined[pool]
-    chosen = np.zeros(pool.size, dtype=bool)
-    for _ in range(min(remaining, pool.size)):
-        score = (1 - diversity) * u + diversity * np.minimum(dmin / max(scale, 1e-12), 1.0)
-        score[chosen] = -np.inf
-        j = int(np.argmax(score))
-        chosen[j] = True
-        i = int(pool[j])
-        taken[i] = True
-        picks.append(ReviewPick(i, float(score[j]), _describe(i, probs, unc, assignment, class_names)))
-        dmin = np.minimum(dmin, np.sqrt(np.maximum(((zp - zp[j]) ** 2).sum(axis=1), 0)))
-    return picks
+    if int(is_human.sum()) < LOW_BUDGET_PER_CLASS * n_classes or diversity >= 1.0:
+        return herding_picks(z, taken, batch_size, assignment, cluster_has_human, seed)
+    power = UNCERTAINTY_POWER * (1.0 - diversity)
+    weights = np.power(np.clip(unc.combined.astype(np.float64), 1e-3, 1.0), power)
+    return herding_picks(
+        z, taken, batch_size, assignment, cluster_has_human, seed, weights=weights,
+        describe=lambda i: _describe(i, probs, unc, assignment, class_names),
+    )

@@ -124,6 +124,7 @@ def _reason_kinds(out) -> dict[str, int]:  # type: ignore[no-untyped-def]
             kinds["coverage"] += 1
         else:
             assert "margin" in p.reason and " between " in p.reason and "cluster" in p.reason, p.reason
+            assert "representative of an uncertain neighbourhood" in p.reason, p.reason
             kinds["uncertainty"] += 1
     return kinds
 
@@ -143,10 +144,24 @@ def test_review_batch_is_diverse_and_explained(blobs_factory, per_class: int, ex
     assert len(set(idx)) == 20
     assert not blobs.is_human[idx].any()
     kinds = _reason_kinds(out)
-    if expect_uncertainty:  # default diversity 0.5: about half coverage picks, half uncertainty picks
-        assert kinds["coverage"] >= 5 and kinds["uncertainty"] >= 5
-    else:  # below LOW_BUDGET_PER_CLASS labels per class: representative items only
-        assert kinds["uncertainty"] == 0
+    if expect_uncertainty:  # enough labels: herding weighted by uncertainty, each pick explained by its margin
+        assert kinds == {"coverage": 0, "uncertainty": 20}
+    else:  # below LOW_BUDGET_PER_CLASS labels per class: plain herding, representative items only
+        assert kinds == {"coverage": 20, "uncertainty": 0}
+
+
+def test_review_batch_weighs_uncertainty_by_diversity(blobs_factory) -> None:  # type: ignore[no-untyped-def]
+    # Same round, three diversities: the less diversity, the more uncertain the picks; diversity 1 is plain herding.
+    blobs = blobs_factory(per_class_labels=12)
+    mean_unc = {}
+    for diversity in (0.1, 0.5, 1.0):
+        out = run_round_core(
+            blobs.x, blobs.labels, blobs.is_human, RoundParams(seed=0, review_batch_size=20, diversity=diversity)
+        )
+        mean_unc[diversity] = float(np.mean([out.uncertainty.combined[p.index] for p in out.review]))
+        if diversity == 1.0:
+            assert _reason_kinds(out) == {"coverage": 20, "uncertainty": 0}
+    assert mean_unc[0.1] > mean_unc[1.0] and mean_unc[0.5] > mean_unc[1.0], mean_unc
 
 
 def _two_regions(n_big: int = 300, n_small: int = 200) -> np.ndarray:
@@ -175,6 +190,20 @@ def test_herding_picks_the_unlabelled_dense_region_first() -> None:
     assert herding_picks(z, np.ones(500, dtype=bool), 3, assignment, np.array([True])) == []
 
 
+def test_weighted_herding_covers_the_uncertain_region_first() -> None:
+    from services.clusterer.review import herding_picks
+
+    z = _two_regions()
+    assignment = np.zeros(500, dtype=np.int64)
+    weights = np.where(np.arange(500) < 300, 0.05, 1.0)  # the big region is sure, the small one is not
+    picks = herding_picks(
+        z, np.zeros(500, dtype=bool), 3, assignment, np.array([True]), weights=weights, describe=lambda i: f"item {i}"
+    )
+    assert picks[0].index >= 300  # unweighted, the bigger region would go first (test above)
+    assert picks[0].reason.startswith(f"item {picks[0].index}; representative of an uncertain neighbourhood")
+    assert len({p.index for p in picks}) == 3
+
+
 def test_herding_a_huge_collection_works_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.clusterer import review
 
@@ -193,7 +222,7 @@ def test_herding_a_huge_collection_works_on_a_sample(monkeypatch: pytest.MonkeyP
 
 def test_review_batch_never_fills_up_with_near_duplicates(blobs_factory) -> None:  # type: ignore[no-untyped-def]
     # 30 near-identical copies of one point placed between two classes: the most uncertain items of all.
-    # 12 labels per class, so the uncertainty (k-center greedy) part of the batch is in play.
+    # 12 labels per class, so herding is weighted by uncertainty: the copies weigh the most.
     blobs = blobs_factory(per_class_labels=12)
     rng = np.random.default_rng(0)
     mid = blobs.centres[0] + blobs.centres[1]
