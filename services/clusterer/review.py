@@ -100,7 +100,7 @@ def herding_picks(
     item, in [0, 1]; default all 1) make some items worth covering more than others: uncertain ones, so that a pick
     is the most representative item of a region the round is unsure about, and one pick covers its near-duplicates.
     Collections above HERDING_SAMPLE items are herded on a seeded sample of that size (coverage by labels still
-    counts them all). `describe(i)` words a weighted pick's reason. Marks the picks in `taken`."""
+    counts them all). `describe(i)`, when given, words each pick's reason. Marks the picks in `taken`."""
     n = z.shape[0]
     free_all = np.flatnonzero(~taken)
     if quota <= 0 or free_all.size == 0:
@@ -113,7 +113,7 @@ def herding_picks(
         picks = free_all[:quota]
         taken[picks] = True
         return [ReviewPick(int(i), 0.5, "representative item; cluster " + str(int(assignment[i]))) for i in picks]
-    w = np.ones(m) if weights is None else np.clip(np.asarray(weights, dtype=np.float64)[rows], 0.0, 1.0)
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)[rows]
     zs = np.ascontiguousarray(z[rows], dtype=np.float32)
     sims, nb = knn_search(zs, min(HERDING_NEIGHBOURS, m - 1), seed=seed)
     d2 = np.maximum(2.0 - 2.0 * sims.astype(np.float64), 0.0)
@@ -139,7 +139,7 @@ def herding_picks(
         cover[nb[j]] = np.maximum(cover[nb[j]], kern[j])
         cover[j] = 1.0
         c = int(assignment[i])
-        if weights is None or describe is None:
+        if describe is None:
             unlabelled = "" if cluster_has_human[c] else ", which has no human label"
             reason = (f"representative of an unlabelled neighbourhood (covers {gain[j]:.1f} of its {width - 1} "
                       f"neighbours and itself); cluster {c}{unlabelled}")
